@@ -14,6 +14,7 @@ const (
 	NSPoints     = "points"
 	NSOperations = "operations"
 	NSLocks      = "locks"
+	NSSecrets    = "secrets"
 )
 
 // RestoreLock is the name of the fleet-wide restore lock.
@@ -140,7 +141,7 @@ func SplitKey(key string) (ns, name string, err error) {
 // CheckNamespace reports whether ns is one of the known namespaces.
 func CheckNamespace(ns string) error {
 	switch ns {
-	case NSSwitches, NSPoints, NSOperations, NSLocks:
+	case NSSwitches, NSPoints, NSOperations, NSLocks, NSSecrets:
 		return nil
 	}
 	return fmt.Errorf("unknown namespace %q", ns)

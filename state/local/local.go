@@ -86,7 +86,7 @@ func Open(path string, opts Options) (*Store, error) {
 	s := &Store{path: abs, opts: opts, locks: make(map[*flock]struct{})}
 	// Open once now so a bad file or a stuck lock is reported at load time.
 	if err := s.update(func(tx *bolt.Tx) error {
-		for _, ns := range []string{state.NSSwitches, state.NSPoints, state.NSOperations, string(bucketMeta)} {
+		for _, ns := range []string{state.NSSwitches, state.NSPoints, state.NSOperations, state.NSSecrets, string(bucketMeta)} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(ns)); err != nil {
 				return err
 			}
