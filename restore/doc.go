@@ -1,0 +1,105 @@
+// Package restore implements switchback's rollback points: a
+// content-addressed object store, per-point manifests, an atomic and
+// crash-safe restorer, retention, and operation records. It never imports
+// caddy: the CLI uses it directly when the gateway is down.
+//
+// # Storage
+//
+// backups/objects/ab/abcdef... holds file contents named by their SHA-256
+// (64 hex characters, checked before any use). An object is written to a
+// temp file, fsynced, renamed into place and its directory fsynced, so an
+// object that exists under its name is complete; identical content is
+// stored once across all points.
+//
+// backups/manifests/<point>.json is a point's manifest: for each root (a
+// configured file or directory, by absolute path) every entry below it,
+// parents before children, with path (relative, slash-separated), type
+// (file, dir, symlink), mode, mtime in nanoseconds, size, digest, link
+// target and inode. Empty directories are recorded; symlinks are recorded
+// as links and never followed. The manifest's SHA-256 is the
+// manifest_digest of the point's catalog record (points/<id> in the state
+// store), which is written last: a create that fails leaves no catalog
+// entry and no manifest, only complete, unreferenced objects that Cleanup
+// collects.
+//
+// A new point reuses the digest of every file whose size, mtime and inode
+// match the newest point of the same root, so a point of an unchanged tree
+// costs one lstat per entry.
+//
+// # Restore
+//
+// Rollback runs these steps, each recorded in the operation's
+// steps_completed with its start, duration and error:
+//
+//  1. pre_checks: the point exists, its manifest matches its digest, every
+//     object re-hashes to its name, and each filesystem has room for what
+//     will be written (statfs, with a margin). Force skips these only.
+//  2. lock: the state store's restore lock (fleet-wide with Consul, a
+//     cross-process flock with the local store). A held lock fails with
+//     ErrRestoreInProgress: "restore in progress on HOST (op ID)".
+//  3. pre_rollback_point: an automatic point of the same roots as they
+//     are now (Auto "pre-rollback", metadata {"auto":"pre-rollback","for":ID}).
+//  4. pre_restore hook.
+//  5. stage: for each root that differs, a staging tree is built next to
+//     it, ".<name>.switchback-stage-<op>", on the same filesystem, through
+//     an os.Root on the parent directory. A file whose content, mode and
+//     mtime already match the live file (per the pre-rollback point, and
+//     re-checked by inode, size and mtime) is hard-linked from the live
+//     tree; only differing content is copied from objects. Directory modes
+//     and mtimes are set once they are filled.
+//  6. fsync: every copied file and every staged directory.
+//  7. swap: each root is exchanged with its stage by renameat2
+//     RENAME_EXCHANGE, one atomic step; where the filesystem cannot, the
+//     live tree is renamed to ".<name>.switchback-old-<op>" and the stage
+//     into place. Then the old trees are removed.
+//  8. post_restore hook.
+//  9. validate: the restored roots are compared with the point (types,
+//     modes, sizes, mtimes, link targets) and the validate URLs queried.
+//
+// The live tree is never written in place. Manifest paths are not
+// trusted: absolute paths, "..", empty segments and entries whose parent is
+// not a directory of the manifest are refused when decoding, roots must be
+// configured paths, and all writes go through os.Root.
+//
+// A restore that fails before the swap completes puts every root back,
+// removes the stages and deletes the pre-rollback point, so the live paths
+// and the catalog are as they were. A lost lock or a cancelled context is
+// noticed between files and before each root's swap and handled the same
+// way. If pre_restore ran, post_restore runs on failure too, so a stopped
+// application is started again.
+//
+// # Journal and crash behaviour
+//
+// The operation record (operations/<op> in the store and
+// logs/rollback-<op>.json, both written atomically) carries a journal: the
+// phase and, per root, the live, stage and old names, whether the point
+// lacks the path, and the inodes of the staged tree and of the live tree.
+// It is saved before every change to a live name:
+//
+//	staging   stage names recorded; stages being built (live untouched)
+//	swapping  stages complete and synced, inodes recorded; per root,
+//	          state "swapping" is saved before its rename and "swapped" after
+//	swapped   all roots swapped; old trees being removed
+//	reverting a failed swap is being undone
+//
+// Each rename is atomic, so after kill -9 at any instant each root's live
+// name holds exactly the old tree or exactly the new one (with the
+// fallback two-rename swap, the name may be briefly absent, with the old
+// tree under the old name). Recover, run by the CLI before each command
+// and by the gateway at start, takes the restore lock (so it never races a
+// live restore) and finishes every restore still "running": from
+// staging or reverting it rolls back (the live names keep, or get back,
+// the old trees, found by inode; stages are removed; the pre-rollback point
+// is dropped) and records status rolled_back; from swapping on it rolls
+// forward (the stages are complete, so every root gets its new tree) and
+// records rolled_forward. Both decisions look at what is at the live, stage
+// and old names and compare inodes, so they work from any state a crash
+// leaves and can themselves be interrupted and re-run.
+//
+// # Operations
+//
+// Every create, verify, rollback, emergency and cleanup writes an
+// Operation record. Records stay under the store's 512 KiB limit: long plan
+// lists and problem lists are truncated in the stored copy (the counts stay
+// exact), and hook output is kept to its last 4 KiB.
+package restore

@@ -1,0 +1,1002 @@
+package restore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/leanvibe/switchback/state"
+)
+
+// RollbackOptions control a restore.
+type RollbackOptions struct {
+	// Trigger says what asked for the restore ("manual", "error_rate"...).
+	Trigger string
+	// Reason is a free-text explanation kept in the record.
+	Reason string
+	// Force skips the pre-checks (manifest digest, object integrity, disk
+	// space) and nothing else.
+	Force bool
+	// DryRun runs the pre-checks and returns the plan without changing
+	// anything.
+	DryRun bool
+	// Only restricts the restore to these paths (absolute, or relative to
+	// the working directory), each a root of the point or below one. The
+	// rest of each root is kept as it is live.
+	Only []string
+}
+
+// Plan is what a restore changes, by absolute path. Directories whose only
+// difference is their mtime are not listed.
+type Plan struct {
+	Added    []string `json:"added"`
+	Removed  []string `json:"removed"`
+	Modified []string `json:"modified"`
+	// Counts are the full lengths, which stay right when the lists are
+	// truncated to fit a record.
+	AddedCount    int  `json:"added_count"`
+	RemovedCount  int  `json:"removed_count"`
+	ModifiedCount int  `json:"modified_count"`
+	Truncated     bool `json:"truncated,omitempty"`
+	// BytesToWrite is the size of the files that must be copied from
+	// objects; Linked counts files hard-linked from the live tree.
+	BytesToWrite int64 `json:"bytes_to_write"`
+	Linked       int64 `json:"linked,omitempty"`
+	Copied       int64 `json:"copied,omitempty"`
+}
+
+func (p Plan) truncated(n int) Plan {
+	if len(p.Added) > n || len(p.Removed) > n || len(p.Modified) > n {
+		p.Truncated = true
+	}
+	p.Added, p.Removed, p.Modified = truncate(p.Added, n), truncate(p.Removed, n), truncate(p.Modified, n)
+	return p
+}
+
+// Journal phases; see doc.go.
+const (
+	PhaseStaging   = "staging"
+	PhaseSwapping  = "swapping"
+	PhaseSwapped   = "swapped"
+	PhaseReverting = "reverting"
+	PhaseDone      = "done"
+)
+
+// Journal is the crash journal of a restore, saved (store and log file)
+// before every change to a live path.
+type Journal struct {
+	Phase string        `json:"phase"`
+	Roots []JournalRoot `json:"roots"`
+	// PreHookRan is set once the pre_restore hook has run, so recovery
+	// knows to run post_restore.
+	PreHookRan bool `json:"pre_hook_ran,omitempty"`
+}
+
+// JournalRoot is the swap state of one live path.
+type JournalRoot struct {
+	Path  string `json:"path"`
+	Stage string `json:"stage"`
+	Old   string `json:"old"`
+	// TargetAbsent means the point does not have this path: restoring
+	// removes it.
+	TargetAbsent bool `json:"target_absent,omitempty"`
+	// StageIno and LiveIno identify the new and the old tree (0: none).
+	StageIno uint64 `json:"stage_ino,omitempty"`
+	LiveIno  uint64 `json:"live_ino,omitempty"`
+	// State is "", "swapping" (renames may have begun) or "swapped".
+	State string `json:"state,omitempty"`
+}
+
+// Rollback restores point id. See doc.go for the steps and the crash
+// behaviour. A failed restore leaves every live path and the catalog as
+// they were (the automatic pre-rollback point is removed again).
+func (m *Manager) Rollback(ctx context.Context, id string, opts RollbackOptions) (Operation, error) {
+	p, err := m.GetPoint(ctx, id)
+	if err != nil {
+		return Operation{}, err
+	}
+	op, err := m.newOp(ctx, KindRollback, opts.Trigger, opts.Reason)
+	if err != nil {
+		return Operation{}, err
+	}
+	op.Point, op.Force, op.DryRun = id, opts.Force, opts.DryRun
+	err = m.restore(ctx, op, p, opts)
+	m.finish(ctx, op, err)
+	return *op, passCanceled(ctx, err)
+}
+
+// target is one root being restored.
+type target struct {
+	root    string
+	desired RootManifest
+	only    []string // rel paths restored; nil means the whole root
+}
+
+// restore runs the restore steps for p on op.
+func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts RollbackOptions) error {
+	var (
+		mf      *Manifest
+		targets []target
+		plan    Plan
+	)
+	// Step 1: pre-checks.
+	err := m.step(ctx, op, "pre_checks", func(s *Step) error {
+		var err error
+		mf, err = m.loadManifest(p, opts.Force)
+		if err != nil {
+			return err
+		}
+		if targets, err = m.targets(mf, opts.Only); err != nil {
+			return err
+		}
+		op.Only = opts.Only
+		if plan, err = m.diff(ctx, targets); err != nil {
+			return err
+		}
+		op.Plan = &plan
+		if opts.Force {
+			s.Detail = "skipped (forced)"
+			return nil
+		}
+		if _, err := m.checkObjects(ctx, op.ID, p.ID, mf); err != nil {
+			return err
+		}
+		if err := m.checkSpace(targets, plan); err != nil {
+			return err
+		}
+		s.Detail = fmt.Sprintf("%d added, %d removed, %d modified, %d bytes to write", plan.AddedCount, plan.RemovedCount, plan.ModifiedCount, plan.BytesToWrite)
+		return nil
+	})
+	if err != nil || opts.DryRun {
+		return err
+	}
+
+	// Step 2: the lock.
+	lock, err := m.lockStep(ctx, op)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	return m.restoreLocked(ctx, op, p, targets, lock.Lost())
+}
+
+// lockStep takes the restore lock as a step of op.
+func (m *Manager) lockStep(ctx context.Context, op *Operation) (state.Lock, error) {
+	var lock state.Lock
+	err := m.step(ctx, op, "lock", func(s *Step) error {
+		h, _ := json.Marshal(holder{Host: m.opts.Host, Op: op.ID, PID: m.pid})
+		var err error
+		lock, err = m.st.Lock(ctx, state.RestoreLock, h)
+		if err != nil {
+			return lockHeldErr(passCanceled(ctx, err))
+		}
+		return nil
+	})
+	return lock, err
+}
+
+// restoreLocked runs steps 3 to 9 under the restore lock.
+func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, targets []target, lost <-chan struct{}) error {
+	check := func() error {
+		select {
+		case <-lost:
+			return userErr(ErrLockLost, "restore lock lost; stopped before changing more")
+		default:
+		}
+		return ctx.Err()
+	}
+	j := &Journal{}
+	op.Journal = j
+	var pre Point
+	var preMf *Manifest
+	preHookRan := false
+	runPost := func() {
+		if preHookRan {
+			m.runHookStep(ctx, op, "post_restore", m.cfg.Hooks.PostRestore, p.ID)
+		}
+	}
+	// abort undoes everything before the swap and restores the catalog.
+	abort := func(err error) error {
+		m.step(ctx, op, "abort", func(s *Step) error {
+			var errs []error
+			for _, jr := range j.Roots {
+				if e := rollBackRoot(jr); e != nil {
+					errs = append(errs, e)
+				}
+			}
+			if pre.ID != "" {
+				if e := m.deletePoint(ctx, pre.ID); e != nil {
+					errs = append(errs, e)
+				}
+			}
+			j.Phase = PhaseDone
+			s.Detail = "live paths left as they were"
+			return errors.Join(errs...)
+		})
+		runPost()
+		return err
+	}
+
+	// Step 3: the automatic point of the current state.
+	roots := make([]string, len(targets))
+	for i, t := range targets {
+		roots[i] = t.root
+	}
+	err := m.step(ctx, op, "pre_rollback_point", func(s *Step) error {
+		if err := check(); err != nil {
+			return err
+		}
+		meta, _ := json.Marshal(map[string]string{"auto": AutoPreRollback, "for": p.ID})
+		var err error
+		pre, preMf, err = m.createPointManifest(ctx, op.ID, pointSpec{
+			typ: p.Type, components: p.Components, roots: roots, metadata: meta,
+			trigger: "pre-rollback", auto: AutoPreRollback,
+		})
+		s.Detail = pre.ID
+		op.PreRollbackPoint = pre.ID
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	live := map[string]RootManifest{}
+	for _, r := range preMf.Roots {
+		live[r.Path] = r
+	}
+
+	// Step 4: the pre_restore hook.
+	if err := check(); err != nil {
+		return abort(err)
+	}
+	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
+		return abort(err)
+	}
+	preHookRan = m.cfg.Hooks.PreRestore != ""
+	j.PreHookRan = preHookRan
+
+	// Step 5: staging trees. The journal names them first, so a crash
+	// while staging leaves names recovery can clean up.
+	var stagers []*stager
+	for _, t := range targets {
+		lr := live[t.root]
+		if t.only != nil {
+			t.desired = mergeOnly(lr, t.desired, t.only)
+		}
+		if sameTree(lr, t.desired) {
+			continue
+		}
+		base := filepath.Base(t.root)
+		dir := filepath.Dir(t.root)
+		jr := JournalRoot{
+			Path:         t.root,
+			Stage:        filepath.Join(dir, "."+base+".switchback-stage-"+op.ID),
+			Old:          filepath.Join(dir, "."+base+".switchback-old-"+op.ID),
+			TargetAbsent: t.desired.Absent,
+		}
+		j.Roots = append(j.Roots, jr)
+		stagers = append(stagers, &stager{m: m, opID: op.ID, t: t, live: lr, jr: &j.Roots[len(j.Roots)-1], check: check})
+	}
+	for i := range stagers {
+		stagers[i].jr = &j.Roots[i]
+	}
+	j.Phase = PhaseStaging
+	if err := m.saveOp(ctx, op); err != nil {
+		return abort(err)
+	}
+	var copied, linked atomic.Int64
+	err = m.step(ctx, op, "stage", func(s *Step) error {
+		for _, st := range stagers {
+			if err := st.build(ctx); err != nil {
+				return err
+			}
+			copied.Add(st.copied.Load())
+			linked.Add(st.linked.Load())
+		}
+		s.Detail = fmt.Sprintf("%d roots, %d files copied, %d linked", len(stagers), copied.Load(), linked.Load())
+		return nil
+	})
+	if op.Plan != nil {
+		op.Plan.Copied, op.Plan.Linked = copied.Load(), linked.Load()
+	}
+	if err != nil {
+		return abort(err)
+	}
+
+	// Step 6: fsync.
+	err = m.step(ctx, op, "fsync", func(s *Step) error {
+		for _, st := range stagers {
+			if err := st.sync(ctx); err != nil {
+				return err
+			}
+		}
+		return m.hook("after-fsync")
+	})
+	if err != nil {
+		return abort(err)
+	}
+	if err := check(); err != nil {
+		return abort(err)
+	}
+
+	// Step 7: swap, journalling each root.
+	j.Phase = PhaseSwapping
+	if err := m.saveOp(ctx, op); err != nil {
+		return abort(err)
+	}
+	err = m.step(ctx, op, "swap", func(s *Step) error {
+		for i := range j.Roots {
+			jr := &j.Roots[i]
+			if err := check(); err != nil {
+				return err
+			}
+			jr.State = "swapping"
+			if err := m.saveOp(ctx, op); err != nil {
+				return err
+			}
+			if err := m.hook(fmt.Sprintf("swap-%d-begun", i)); err != nil {
+				return err
+			}
+			if err := rollForwardRoot(*jr, false); err != nil {
+				return err
+			}
+			if err := m.hook(fmt.Sprintf("swap-%d-renamed", i)); err != nil {
+				return err
+			}
+			jr.State = "swapped"
+			if err := m.saveOp(ctx, op); err != nil {
+				return err
+			}
+		}
+		s.Detail = fmt.Sprintf("%d roots swapped", len(j.Roots))
+		return nil
+	})
+	if err != nil {
+		// Put back what was swapped: the live paths must be all old or
+		// all new, and we could not finish.
+		j.Phase = PhaseReverting
+		m.saveOpWarn(ctx, op)
+		return abort(err)
+	}
+	j.Phase = PhaseSwapped
+	if err := m.saveOp(ctx, op); err != nil {
+		m.warn(err)
+	}
+	m.step(ctx, op, "remove_old", func(s *Step) error {
+		var errs []error
+		for _, jr := range j.Roots {
+			errs = append(errs, removeLeftovers(jr))
+		}
+		j.Phase = PhaseDone
+		return errors.Join(errs...)
+	})
+
+	// Step 8: post_restore hook.
+	hookErr := m.runHookStep(ctx, op, "post_restore", m.cfg.Hooks.PostRestore, p.ID)
+
+	// Step 9: validate.
+	var valErr error
+	m.step(ctx, op, "validate", func(s *Step) error {
+		rep := m.validateRestored(ctx, targets)
+		op.Validation = &rep
+		if !rep.OK {
+			valErr = userErr(ErrValidationFailed, "restored %s, but validation failed: %s", p.ID, strings.Join(rep.Failures, "; "))
+		}
+		return valErr
+	})
+	return errors.Join(hookErr, valErr)
+}
+
+// targets resolves the roots to restore: the point's roots, each of which
+// must be a configured path, narrowed by only.
+func (m *Manager) targets(mf *Manifest, only []string) ([]target, error) {
+	configured := m.cfg.allRoots()
+	var out []target
+	var absOnly []string
+	for _, o := range only {
+		a, err := filepath.Abs(o)
+		if err != nil {
+			return nil, err
+		}
+		absOnly = append(absOnly, a)
+	}
+	used := make([]bool, len(absOnly))
+	for _, r := range mf.Roots {
+		if !configured[r.Path] {
+			return nil, userErr(nil, "point covers %s, which is not a configured path; refusing to restore it", r.Path)
+		}
+		t := target{root: r.Path, desired: r}
+		if len(absOnly) > 0 {
+			t.only = []string{}
+			for i, a := range absOnly {
+				if !within(a, r.Path) {
+					continue
+				}
+				used[i] = true
+				rel, _ := filepath.Rel(r.Path, a)
+				rel = filepath.ToSlash(rel)
+				if rel == "." {
+					t.only = nil
+					break
+				}
+				t.only = append(t.only, rel)
+			}
+			if t.only != nil && len(t.only) == 0 {
+				continue
+			}
+		}
+		out = append(out, t)
+	}
+	for i, u := range used {
+		if !u {
+			return nil, userErr(nil, "%s is not inside any path of the point", only[i])
+		}
+	}
+	return out, nil
+}
+
+// underAny reports whether rel is one of prefixes or below one.
+func underAny(rel string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if rel == p || strings.HasPrefix(rel, p+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// ancestorOf reports whether rel is a strict ancestor of one of prefixes.
+func ancestorOf(rel string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if rel == "." || strings.HasPrefix(p, rel+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// mergeOnly returns the live tree with the paths in only (and the
+// directories leading to them) taken from the point.
+func mergeOnly(live, point RootManifest, only []string) RootManifest {
+	out := RootManifest{Path: live.Path}
+	byPath := map[string]Entry{}
+	for _, e := range live.Entries {
+		if !underAny(e.Path, only) {
+			byPath[e.Path] = e
+		}
+	}
+	for _, e := range point.Entries {
+		switch {
+		case underAny(e.Path, only):
+			byPath[e.Path] = e
+		case ancestorOf(e.Path, only) && e.Type == EntryDir:
+			if l, ok := byPath[e.Path]; ok && l.Type == EntryDir {
+				continue // keep the live directory as it is
+			}
+			byPath[e.Path] = e
+		}
+	}
+	// Drop entries whose parent is no longer a directory.
+	paths := make([]string, 0, len(byPath))
+	for p := range byPath {
+		paths = append(paths, p)
+	}
+	sortEntryPaths(paths)
+	types := map[string]string{}
+	for _, p := range paths {
+		if p != "." && types[path.Dir(p)] != EntryDir {
+			continue
+		}
+		types[p] = byPath[p].Type
+		out.Entries = append(out.Entries, byPath[p])
+	}
+	if len(out.Entries) == 0 || out.Entries[0].Path != "." {
+		return RootManifest{Path: live.Path, Absent: true}
+	}
+	return out
+}
+
+// sortEntryPaths sorts so every directory comes right before its contents.
+func sortEntryPaths(paths []string) {
+	key := func(p string) string {
+		if p == "." {
+			return ""
+		}
+		return strings.ReplaceAll(p, "/", "\x00")
+	}
+	sort.Slice(paths, func(i, j int) bool { return key(paths[i]) < key(paths[j]) })
+}
+
+// sameEntry reports whether two entries need no change: type, mode,
+// content and link target equal, mtime equal for files.
+func sameEntry(a, b Entry) bool {
+	if a.Type != b.Type || a.Mode != b.Mode {
+		return false
+	}
+	switch a.Type {
+	case EntryFile:
+		return a.Digest == b.Digest && a.Size == b.Size && a.MTime == b.MTime
+	case EntrySymlink:
+		return a.Target == b.Target
+	}
+	return a.MTime == b.MTime
+}
+
+// sameTree reports whether a root needs no change at all.
+func sameTree(a, b RootManifest) bool {
+	if a.Absent != b.Absent || len(a.Entries) != len(b.Entries) {
+		return false
+	}
+	for i := range a.Entries {
+		if a.Entries[i].Path != b.Entries[i].Path || !sameEntry(a.Entries[i], b.Entries[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// diff compares the live paths with the targets by metadata (no hashing).
+func (m *Manager) diff(ctx context.Context, targets []target) (Plan, error) {
+	p := Plan{Added: []string{}, Removed: []string{}, Modified: []string{}}
+	for _, t := range targets {
+		live := map[string]Entry{}
+		info, err := os.Lstat(t.root)
+		if err == nil {
+			live["."] = entryFromInfo(".", info)
+			if info.IsDir() {
+				err = walkDir(ctx, t.root, "", func(rel, abs string, info fs.FileInfo) error {
+					e := entryFromInfo(rel, info)
+					if e.Type == EntrySymlink {
+						e.Target, _ = os.Readlink(abs)
+					}
+					live[rel] = e
+					return nil
+				})
+			}
+		} else if errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		if err != nil {
+			return p, passCanceled(ctx, err)
+		}
+		in := func(rel string) bool { return t.only == nil || underAny(rel, t.only) }
+		abs := func(rel string) string {
+			if rel == "." {
+				return t.root
+			}
+			return t.root + "/" + rel
+		}
+		want := map[string]bool{}
+		for _, e := range t.desired.Entries {
+			if !in(e.Path) {
+				continue
+			}
+			want[e.Path] = true
+			l, ok := live[e.Path]
+			switch {
+			case !ok:
+				p.Added = append(p.Added, abs(e.Path))
+				p.BytesToWrite += e.Size
+			case l.Type != e.Type || l.Mode != e.Mode || l.Type == EntryFile && (l.Size != e.Size || l.MTime != e.MTime) || l.Type == EntrySymlink && l.Target != e.Target:
+				p.Modified = append(p.Modified, abs(e.Path))
+				if e.Type == EntryFile {
+					p.BytesToWrite += e.Size
+				}
+			}
+		}
+		var removed []string
+		for rel := range live {
+			if in(rel) && !want[rel] {
+				removed = append(removed, abs(rel))
+			}
+		}
+		sort.Strings(removed)
+		p.Removed = append(p.Removed, removed...)
+	}
+	p.AddedCount, p.RemovedCount, p.ModifiedCount = len(p.Added), len(p.Removed), len(p.Modified)
+	return p, nil
+}
+
+func entryFromInfo(rel string, info fs.FileInfo) Entry {
+	e := Entry{Path: rel, Mode: modeOf(info.Mode()), MTime: info.ModTime().UnixNano()}
+	switch {
+	case info.Mode().IsRegular():
+		e.Type, e.Size = EntryFile, info.Size()
+	case info.IsDir():
+		e.Type = EntryDir
+	case info.Mode()&fs.ModeSymlink != 0:
+		e.Type = EntrySymlink
+	default:
+		e.Type = "other"
+	}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		e.Ino = st.Ino
+	}
+	return e
+}
+
+// checkSpace checks that each filesystem has room for what the restore
+// writes there, with a margin of 5% and 1 MiB.
+func (m *Manager) checkSpace(targets []target, plan Plan) error {
+	type fsNeed struct {
+		path string
+		need uint64
+		free uint64
+	}
+	needs := map[[2]int32]*fsNeed{}
+	addNeed := func(path string, n int64) error {
+		free, id, err := freeSpace(path)
+		if err != nil {
+			return fmt.Errorf("checking free space on %s: %w", path, err)
+		}
+		if needs[id] == nil {
+			needs[id] = &fsNeed{path: path, free: free}
+		}
+		needs[id].need += uint64(n)
+		return nil
+	}
+	// Staging writes the copied files next to the live paths; the
+	// pre-rollback point may store the changed live files as objects.
+	per := int64(0)
+	if len(targets) > 0 {
+		per = plan.BytesToWrite / int64(len(targets))
+	}
+	for _, t := range targets {
+		if err := addNeed(filepath.Dir(t.root), per); err != nil {
+			return err
+		}
+	}
+	if err := addNeed(m.objects.dir, plan.BytesToWrite); err != nil {
+		return err
+	}
+	for _, n := range needs {
+		want := n.need + n.need/20 + 1<<20
+		if n.free < want {
+			return userErr(syscall.ENOSPC, "not enough disk space on the filesystem of %s: %d bytes free, the restore needs about %d", n.path, n.free, want)
+		}
+	}
+	return nil
+}
+
+// stager builds the staging tree of one root through an os.Root on its
+// parent directory, so nothing it writes can land outside it.
+type stager struct {
+	m     *Manager
+	opID  string
+	t     target
+	live  RootManifest
+	jr    *JournalRoot
+	check func() error
+
+	mu      sync.Mutex
+	written []string // stage-relative names to fsync
+	dirs    []string
+	copied  atomic.Int64
+	linked  atomic.Int64
+}
+
+func (st *stager) build(ctx context.Context) error {
+	if st.jr.TargetAbsent {
+		if info, err := os.Lstat(st.jr.Path); err == nil {
+			st.jr.LiveIno = inoOf(info)
+		}
+		return nil
+	}
+	parent := filepath.Dir(st.t.root)
+	base := filepath.Base(st.t.root)
+	stageName := filepath.Base(st.jr.Stage)
+	r, err := os.OpenRoot(parent)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	defer r.Close()
+	liveBy := make(map[string]Entry, len(st.live.Entries))
+	for _, e := range st.live.Entries {
+		liveBy[e.Path] = e
+	}
+	name := func(rel string) string {
+		if rel == "." {
+			return stageName
+		}
+		return stageName + "/" + rel
+	}
+	entries := st.t.desired.Entries
+	var files []int
+	for i, e := range entries {
+		if err := st.check(); err != nil {
+			return err
+		}
+		switch e.Type {
+		case EntryDir:
+			if err := r.Mkdir(name(e.Path), 0o700); err != nil {
+				return fmt.Errorf("staging %s: %w", st.t.root, err)
+			}
+			st.dirs = append(st.dirs, name(e.Path))
+		case EntrySymlink:
+			if err := r.Symlink(e.Target, name(e.Path)); err != nil {
+				return fmt.Errorf("staging %s: %w", st.t.root, err)
+			}
+		case EntryFile:
+			files = append(files, i)
+		}
+	}
+	pr := st.m.progress(st.opID, "stage "+st.t.root, int64(len(files)), 0)
+	defer pr.done()
+	err = parallel(ctx, st.m.opts.Workers*2, len(files), func(k int) error {
+		if err := st.check(); err != nil {
+			return err
+		}
+		e := entries[files[k]]
+		if e.Path != "." {
+			if l, ok := liveBy[e.Path]; ok && sameEntry(l, e) {
+				// Link the live file if it is still the one the
+				// pre-rollback point recorded.
+				if info, err := r.Lstat(base + "/" + e.Path); err == nil && info.Mode().IsRegular() &&
+					inoOf(info) == l.Ino && info.Size() == l.Size && info.ModTime().UnixNano() == l.MTime {
+					if err := r.Link(base+"/"+e.Path, name(e.Path)); err == nil {
+						st.linked.Add(1)
+						pr.add(1, 0)
+						return nil
+					}
+				}
+			}
+		}
+		if err := st.copyObject(r, e, name(e.Path)); err != nil {
+			return err
+		}
+		st.copied.Add(1)
+		pr.add(1, e.Size)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Directory modes and mtimes last, deepest first, once filled.
+	for i := len(entries) - 1; i >= 0; i-- {
+		e := entries[i]
+		if e.Type != EntryDir {
+			continue
+		}
+		if err := r.Chmod(name(e.Path), fileMode(e.Mode)); err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+		t := time.Unix(0, e.MTime)
+		if err := r.Chtimes(name(e.Path), t, t); err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+	}
+	info, err := r.Lstat(stageName)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	st.jr.StageIno = inoOf(info)
+	if info, err := os.Lstat(st.jr.Path); err == nil {
+		st.jr.LiveIno = inoOf(info)
+	}
+	return nil
+}
+
+// copyObject writes entry e's content from the object store to name.
+func (st *stager) copyObject(r *os.Root, e Entry, name string) error {
+	src, err := st.m.objects.open(e.Digest)
+	if err != nil {
+		return userErr(ErrVerifyFailed, "content of %s/%s: %v", st.t.root, e.Path, err)
+	}
+	defer src.Close()
+	dst, err := r.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	var w io.Writer = dst
+	if st.m.newWriter != nil {
+		w = st.m.newWriter(dst)
+	}
+	n, err := io.Copy(w, src)
+	if err == nil && n != e.Size {
+		err = userErr(ErrVerifyFailed, "object %s has %d bytes, manifest says %d", short(e.Digest), n, e.Size)
+	}
+	if err == nil {
+		err = dst.Chmod(fileMode(e.Mode))
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	t := time.Unix(0, e.MTime)
+	if err := r.Chtimes(name, t, t); err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	st.mu.Lock()
+	st.written = append(st.written, name)
+	st.mu.Unlock()
+	return nil
+}
+
+// sync fsyncs every file written and every directory of the stage tree.
+func (st *stager) sync(ctx context.Context) error {
+	if st.jr.TargetAbsent {
+		return nil
+	}
+	r, err := os.OpenRoot(filepath.Dir(st.t.root))
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	names := append(slices.Clone(st.written), st.dirs...)
+	err = parallel(ctx, 16, len(names), func(i int) error {
+		f, err := r.Open(names[i])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return f.Sync()
+	})
+	if err != nil {
+		return fmt.Errorf("syncing staged %s: %w", st.t.root, err)
+	}
+	return syncDir(filepath.Dir(st.t.root))
+}
+
+func inoOf(info fs.FileInfo) uint64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+// lstatIno returns the inode at p, or 0 and false if nothing is there.
+func lstatIno(p string) (uint64, bool, error) {
+	info, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return inoOf(info), true, nil
+}
+
+// swapNames puts the tree at from in place of live. When live exists it is
+// exchanged atomically (renameat2 RENAME_EXCHANGE), so the old tree ends
+// up at from; where the filesystem cannot exchange, live is first renamed
+// to old. Every state in between is one recovery understands.
+func swapNames(from, live, old string, liveExists bool) error {
+	if !liveExists {
+		return os.Rename(from, live)
+	}
+	err := exchange(from, live)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOSYS) && !errors.Is(err, syscall.EOPNOTSUPP) {
+		return fmt.Errorf("swapping %s: %w", live, err)
+	}
+	if err := os.Rename(live, old); err != nil {
+		return fmt.Errorf("swapping %s: %w", live, err)
+	}
+	if err := os.Rename(from, live); err != nil {
+		return fmt.Errorf("swapping %s: %w", live, err)
+	}
+	return nil
+}
+
+// rollForwardRoot makes the new tree live for jr, from any state a crash
+// can leave: before the swap, after it, or between the two renames of the
+// fallback. With cleanup it also removes the old tree.
+func rollForwardRoot(jr JournalRoot, cleanup bool) error {
+	liveIno, liveOK, err := lstatIno(jr.Path)
+	if err != nil {
+		return err
+	}
+	if jr.TargetAbsent {
+		if liveOK {
+			dest := jr.Stage
+			if _, ok, _ := lstatIno(dest); ok {
+				dest = jr.Old
+			}
+			if err := os.Rename(jr.Path, dest); err != nil {
+				return fmt.Errorf("removing %s: %w", jr.Path, err)
+			}
+		}
+	} else if !(liveOK && jr.StageIno != 0 && liveIno == jr.StageIno) {
+		stageIno, stageOK, err := lstatIno(jr.Stage)
+		if err != nil {
+			return err
+		}
+		if !stageOK || stageIno != jr.StageIno || jr.StageIno == 0 {
+			return fmt.Errorf("cannot complete restore of %s: the staged tree %s is gone", jr.Path, jr.Stage)
+		}
+		if err := swapNames(jr.Stage, jr.Path, jr.Old, liveOK); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(filepath.Dir(jr.Path)); err != nil {
+		return err
+	}
+	if cleanup {
+		return removeLeftovers(jr)
+	}
+	return nil
+}
+
+// rollBackRoot makes the old tree live again for jr and removes the stage.
+func rollBackRoot(jr JournalRoot) error {
+	liveIno, liveOK, err := lstatIno(jr.Path)
+	if err != nil {
+		return err
+	}
+	// Where is the old tree, if not live?
+	findOld := func() string {
+		for _, p := range []string{jr.Stage, jr.Old} {
+			if ino, ok, _ := lstatIno(p); ok && jr.LiveIno != 0 && ino == jr.LiveIno {
+				return p
+			}
+		}
+		return ""
+	}
+	switch {
+	case liveOK && jr.StageIno != 0 && liveIno == jr.StageIno:
+		// The new tree is live.
+		if old := findOld(); old != "" {
+			if err := exchange(old, jr.Path); err != nil {
+				// Without exchange: new tree aside, old back.
+				trash := jr.Old + ".new"
+				if err := os.Rename(jr.Path, trash); err != nil {
+					return err
+				}
+				if err := os.Rename(old, jr.Path); err != nil {
+					return err
+				}
+				defer os.RemoveAll(trash)
+			}
+		} else {
+			// The path did not exist before.
+			dest := jr.Stage
+			if _, ok, _ := lstatIno(dest); ok {
+				dest = jr.Old
+			}
+			if err := os.Rename(jr.Path, dest); err != nil {
+				return err
+			}
+		}
+	case !liveOK:
+		if old := findOld(); old != "" {
+			if err := os.Rename(old, jr.Path); err != nil {
+				return err
+			}
+		}
+	}
+	if err := syncDir(filepath.Dir(jr.Path)); err != nil {
+		return err
+	}
+	return removeLeftovers(jr)
+}
+
+// removeLeftovers removes whatever is left at the stage and old names once
+// the live path holds the tree that should stay.
+func removeLeftovers(jr JournalRoot) error {
+	var errs []error
+	for _, p := range []string{jr.Stage, jr.Old, jr.Old + ".new"} {
+		if !strings.Contains(filepath.Base(p), ".switchback-") {
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
