@@ -1,0 +1,215 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The crash tests re-run the test binary as a child that restores a point
+// and is killed with SIGKILL, either at a named point of the restore
+// (SWITCHBACK_CRASH_AT) or after a random delay. The parent then runs
+// Recover and checks that each root is exactly the old or the new tree,
+// all roots alike, with no leftovers and a catalog matching the outcome.
+
+const (
+	envCrashDir   = "SWITCHBACK_CRASH_DIR"
+	envCrashPoint = "SWITCHBACK_CRASH_POINT"
+	envCrashAt    = "SWITCHBACK_CRASH_AT"
+	envCrashSleep = "SWITCHBACK_CRASH_SLEEP"
+)
+
+// TestCrashChild is the child side; it does nothing unless run by the
+// crash tests.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(envCrashDir)
+	if dir == "" {
+		return
+	}
+	e := newEnvAt(t, dir)
+	at := os.Getenv(envCrashAt)
+	sleep := os.Getenv(envCrashSleep) != ""
+	e.m.testHook = func(point string) error {
+		if at != "" && strings.HasPrefix(point, at) {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+		if sleep {
+			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+		}
+		return nil
+	}
+	if _, err := e.m.Rollback(context.Background(), os.Getenv(envCrashPoint), RollbackOptions{Trigger: "crash-test"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// crashSetup builds a work dir with a point of the "new" state and the
+// live tree in the "old" state, and returns both snapshots.
+func crashSetup(t *testing.T) (dir, point, oldSnap, newSnap, cat string) {
+	t.Helper()
+	dir = t.TempDir()
+	e := newEnvAt(t, dir)
+	files := map[string]string{"app/core/empty/": "", "config/c.toml": "c=1", "data/link": "->../app/f0"}
+	for i := 0; i < 150; i++ {
+		files[fmt.Sprintf("app/d%d/f%d", i%10, i)] = strings.Repeat("new", i)
+		files[fmt.Sprintf("data/f%d", i)] = fmt.Sprint("data", i)
+	}
+	writeTree(t, dir, files)
+	p := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	newSnap = snapshotAll(t, e.roots()...)
+	// The old state: edits, additions, removals in every root.
+	for i := 0; i < 150; i += 3 {
+		writeTree(t, dir, map[string]string{fmt.Sprintf("app/d%d/f%d", i%10, i): "old" + strconv.Itoa(i)})
+	}
+	writeTree(t, dir, map[string]string{"config/c.toml": "c=2", "config/extra": "x", "data/link": "->elsewhere"})
+	os.RemoveAll(filepath.Join(dir, "app/d3"))
+	os.Remove(filepath.Join(dir, "data/f7"))
+	oldSnap = snapshotAll(t, e.roots()...)
+	if oldSnap == newSnap {
+		t.Fatal("setup: old and new trees are the same")
+	}
+	return dir, p.ID, oldSnap, newSnap, catalog(t, e.st)
+}
+
+func runCrashChild(t *testing.T, dir, point string, env []string, killAfter time.Duration) (killed bool) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envCrashDir+"="+dir, envCrashPoint+"="+point)
+	cmd.Env = append(cmd.Env, env...)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if killAfter > 0 {
+		timer := time.AfterFunc(killAfter, func() { cmd.Process.Signal(syscall.SIGKILL) })
+		defer timer.Stop()
+	}
+	err := cmd.Wait()
+	if err == nil {
+		return false
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return true
+		}
+	}
+	t.Fatalf("child failed: %v\n%s", err, out)
+	return false
+}
+
+// checkRecovered runs Recover and checks the outcome.
+func checkRecovered(t *testing.T, dir, oldSnap, newSnap, cat string) string {
+	t.Helper()
+	e := newEnvAt(t, dir)
+	recovered, err := e.m.Recover(context.Background())
+	if err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	got := snapshotAll(t, e.roots()...)
+	outcome := ""
+	switch got {
+	case oldSnap:
+		outcome = "old"
+	case newSnap:
+		outcome = "new"
+	default:
+		t.Fatalf("after recovery the tree is neither old nor new:\n%s\n--- old\n%s\n--- new\n%s", got, oldSnap, newSnap)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, d := range ents {
+		if strings.Contains(d.Name(), ".switchback-") {
+			t.Errorf("leftover %s", d.Name())
+		}
+	}
+	for _, op := range recovered {
+		switch {
+		case op.Status == StatusRolledBack && outcome != "old", op.Status == StatusRolledForward && outcome != "new":
+			t.Errorf("op %s says %s but the tree is %s", op.ID, op.Status, outcome)
+		}
+	}
+	if outcome == "old" {
+		if got := catalog(t, e.st); got != cat {
+			t.Errorf("tree is old but catalog changed:\n%s\n--- want\n%s", got, cat)
+		}
+	}
+	// A second Recover has nothing to do, and nothing is left running.
+	if again, err := e.m.Recover(context.Background()); err != nil || len(again) != 0 {
+		t.Errorf("second Recover = %v, %v", again, err)
+	}
+	ops, _ := e.m.ListOperations(context.Background(), 0)
+	for _, op := range ops {
+		if op.Status == StatusRunning {
+			t.Errorf("op %s still running", op.ID)
+		}
+	}
+	e.st.Close()
+	return outcome
+}
+
+func TestCrashAtNamedPoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	points := []string{
+		"before-catalog", // creating the pre-rollback point
+		"open ",          // hashing during the pre-rollback point
+		"after-fsync",    // stages complete, nothing swapped
+		"swap-0-begun",   // journal says swapping root 0
+		"swap-0-renamed", // root 0 swapped, not yet journalled
+		"swap-1-renamed", // roots 0 and 1 swapped
+		"swap-2-renamed", // all swapped, not journalled
+	}
+	want := map[string]string{"before-catalog": "old", "after-fsync": "old", "swap-0-begun": "new", "swap-0-renamed": "new", "swap-1-renamed": "new", "swap-2-renamed": "new"}
+	for _, at := range points {
+		t.Run(strings.TrimSpace(at), func(t *testing.T) {
+			dir, point, oldSnap, newSnap, cat := crashSetup(t)
+			if !runCrashChild(t, dir, point, []string{envCrashAt + "=" + at}, 0) {
+				t.Fatalf("child was not killed at %q", at)
+			}
+			got := checkRecovered(t, dir, oldSnap, newSnap, cat)
+			if w, ok := want[at]; ok && got != w {
+				t.Errorf("crash at %q: tree is %s, want %s", at, got, w)
+			}
+		})
+	}
+}
+
+func TestCrashAtRandomInstants(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	// Calibrate: how long does an uninterrupted child take?
+	dir, point, _, newSnap, _ := crashSetup(t)
+	t0 := time.Now()
+	if runCrashChild(t, dir, point, []string{envCrashSleep + "=1"}, 0) {
+		t.Fatal("calibration child was killed")
+	}
+	full := time.Since(t0)
+	e := newEnvAt(t, dir)
+	if got := snapshotAll(t, e.roots()...); got != newSnap {
+		t.Fatal("calibration run did not restore the point")
+	}
+	e.st.Close()
+	outcomes := map[string]int{}
+	const runs = 24
+	for i := 0; i < runs; i++ {
+		dir, point, oldSnap, newSnap, cat := crashSetup(t)
+		delay := time.Duration(rand.Int64N(int64(full)))
+		killed := runCrashChild(t, dir, point, []string{envCrashSleep + "=1"}, delay)
+		out := checkRecovered(t, dir, oldSnap, newSnap, cat)
+		if !killed {
+			out += " (not killed)"
+		}
+		outcomes[out]++
+	}
+	t.Logf("full run %s; outcomes over %d kills: %v", full, runs, outcomes)
+}
