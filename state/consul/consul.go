@@ -230,6 +230,12 @@ func Open(cfg Config, opts Options) (*Store, error) {
 	tr.DialContext = (&net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = opts.DialTimeout
 	ac.Transport = tr
+	hc, err := api.NewHttpClient(tr, ac.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul state: %w", err)
+	}
+	hc.Transport = serverErrorTransport{hc.Transport}
+	ac.HttpClient = hc // replaced by api.NewClient for unix:// addresses
 
 	s := &Store{
 		transport: tr,
@@ -494,6 +500,10 @@ func isUnavailable(err error) bool {
 	case errors.As(err, &status):
 		return status.Code >= 500
 	}
+	var srvErr *serverError
+	if errors.As(err, &srvErr) {
+		return true
+	}
 	// Some api calls flatten the response into a string.
 	msg := err.Error()
 	for _, s := range []string{"No cluster leader", "Unexpected response code: 5", "rpc error", "connection refused", "i/o timeout", "EOF"} {
@@ -503,6 +513,27 @@ func isUnavailable(err error) bool {
 	}
 	return false
 }
+
+// serverErrorTransport turns 5xx answers into transport errors, so that
+// every api call reports an agent that cannot serve (no cluster leader, a
+// proxy in front of a dead agent) the same way: some api calls keep the
+// status code, others flatten the answer into a string.
+type serverErrorTransport struct{ base http.RoundTripper }
+
+func (t serverErrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || resp.StatusCode < 500 {
+		return resp, err
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	return nil, &serverError{status: resp.Status, body: strings.TrimSpace(string(body))}
+}
+
+// serverError is a 5xx answer from the agent or a proxy in front of it.
+type serverError struct{ status, body string }
+
+func (e *serverError) Error() string { return "agent answered " + e.status + ": " + e.body }
 
 // scrub removes the ACL token from err's text, keeping err in the chain.
 func (s *Store) scrub(err error) error {

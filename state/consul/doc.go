@@ -11,7 +11,9 @@
 // Put and CAS go through /v1/txn with one "set" or "cas" operation, because
 // a transaction answers with the ModifyIndex it wrote and the plain KV
 // endpoint does not. CAS with version 0 creates the key only if it does not
-// exist, as Consul's "cas=0" does. A value too large for one transaction
+// exist, as Consul's "cas=0" does. A write of the value a key already has
+// changes nothing in Consul, so its version stays as it was and the version
+// returned is that one. A value too large for one transaction
 // request (Consul's txn_max_req_len counts the base64 text, so values over
 // about 384 KiB) goes through the KV endpoint instead, and its version is
 // read back after the write; if another writer changed the key in between,
