@@ -1,0 +1,211 @@
+package health
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults for MonitorOptions.
+const (
+	// DefaultInterval is how often Monitor.Run evaluates every rule when
+	// MonitorOptions.Interval is zero.
+	DefaultInterval = 100 * time.Millisecond
+
+	// latencyEvalEvery is the least time between two evaluations of the
+	// latency rule from Observed, in nanoseconds.
+	latencyEvalEvery = int64(10 * time.Millisecond)
+)
+
+// MonitorOptions configures a Monitor.
+type MonitorOptions struct {
+	// Rules are the trip rules. They should have passed Validate.
+	Rules Rules
+
+	// Consolidated is the window of the arm the rules guard. Nil gives
+	// the Monitor a window of its own sized by Rules.WindowOptions.
+	Consolidated *Window
+
+	// Legacy is the window of the legacy arm, for LegacyUnhealthy. Nil
+	// means legacy is judged by LegacyProbe alone.
+	Legacy *Window
+
+	// LegacyProbe, if not nil, is an active probe of the legacy arm that
+	// LegacyUnhealthy consults. The Monitor does not run it.
+	LegacyProbe *Probe
+
+	// OnTrip is called once when a rule trips, and not again until
+	// Rearm. It runs synchronously on the goroutine that noticed the
+	// breach, which may be serving a request, so it must return quickly.
+	// Nil means nothing is called; Armed still turns false.
+	OnTrip func(Verdict)
+
+	// Now returns the current time for Run and Check (default time.Now).
+	Now func() time.Time
+
+	// Interval is how often Run evaluates every rule (default 100ms).
+	Interval time.Duration
+}
+
+// Monitor watches one switch: it evaluates the rules against the
+// consolidated arm's window and calls OnTrip the first time one trips.
+// Its methods are safe for concurrent use.
+type Monitor struct {
+	rules        Rules
+	consolidated *Window
+	legacy       *Window
+	probe        *Probe
+	onTrip       func(Verdict)
+	now          func() time.Time
+	interval     time.Duration
+
+	armed           atomic.Bool
+	lastLatencyEval atomic.Int64 // Unix nanoseconds
+	last            atomic.Pointer[Verdict]
+}
+
+// NewMonitor returns an armed Monitor.
+func NewMonitor(opts MonitorOptions) *Monitor {
+	m := &Monitor{
+		rules:        opts.Rules,
+		consolidated: opts.Consolidated,
+		legacy:       opts.Legacy,
+		probe:        opts.LegacyProbe,
+		onTrip:       opts.OnTrip,
+		now:          opts.Now,
+		interval:     opts.Interval,
+	}
+	if m.consolidated == nil {
+		m.consolidated = NewWindow(opts.Rules.WindowOptions())
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if m.interval <= 0 {
+		m.interval = DefaultInterval
+	}
+	m.armed.Store(true)
+	return m
+}
+
+// Consolidated returns the window the rules guard.
+func (m *Monitor) Consolidated() *Window { return m.consolidated }
+
+// Rules returns the rules the Monitor enforces.
+func (m *Monitor) Rules() Rules { return m.rules }
+
+// Observed is called on the request path after Consolidated().Observe
+// with the same now (Unix nanoseconds), outcome and latency. It evaluates
+// the consecutive failure and error rate rules on failures, and the
+// latency rule when latency exceeds the limit, at most once per 10ms.
+// It is lock-free and allocates only when a rule trips.
+func (m *Monitor) Observed(now int64, failed bool, latency time.Duration) {
+	if !m.armed.Load() {
+		return
+	}
+	r := &m.rules
+	evalLatency := r.LatencyQuantile > 0 && r.LatencyLimit > 0 && latency > r.LatencyLimit && m.latencyDue(now)
+	if !failed && !evalLatency {
+		return
+	}
+	w := m.consolidated
+	s := Stats{ConsecutiveFailures: w.ConsecutiveFailures(), Window: w.Span()}
+	if r.ErrorRate > 0 || evalLatency {
+		s.Requests, s.Failures = w.counts(now)
+		s.ErrorRate = errorRate(s.Requests, s.Failures)
+	}
+	if evalLatency {
+		s.Quantile = r.LatencyQuantile
+		s.Latency = w.Quantile(now, r.LatencyQuantile)
+	}
+	if v, ok := r.Evaluate(s); ok {
+		m.trip(v, time.Unix(0, now))
+	}
+}
+
+// latencyDue reports whether the latency rule is due for evaluation at
+// now, and if so claims it.
+func (m *Monitor) latencyDue(now int64) bool {
+	last := m.lastLatencyEval.Load()
+	return now-last >= latencyEvalEvery && m.lastLatencyEval.CompareAndSwap(last, now)
+}
+
+// Check evaluates every rule against the consolidated window at now and
+// trips the Monitor if one breaks and it is armed. It returns the verdict
+// of the breached rule, if any, whether or not the Monitor was armed.
+func (m *Monitor) Check(now time.Time) (Verdict, bool) {
+	ns := now.UnixNano()
+	v, ok := m.rules.Evaluate(m.consolidated.StatsWithQuantile(ns, m.rules.LatencyQuantile))
+	if ok {
+		m.trip(v, now)
+		v.At = now
+	}
+	return v, ok
+}
+
+// Run calls Check every Interval until ctx is done. Each tick also
+// Advances both windows, which keeps bucket rotation off the request path
+// when Interval is shorter than the windows' bucket width.
+func (m *Monitor) Run(ctx context.Context) {
+	t := time.NewTicker(m.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			now := m.now()
+			m.consolidated.Advance(now.UnixNano())
+			if m.legacy != nil {
+				m.legacy.Advance(now.UnixNano())
+			}
+			if m.armed.Load() {
+				m.Check(now)
+			}
+		}
+	}
+}
+
+// trip disarms the Monitor and calls OnTrip, unless it was already
+// disarmed.
+func (m *Monitor) trip(v Verdict, at time.Time) {
+	if !m.armed.CompareAndSwap(true, false) {
+		return
+	}
+	v.At = at
+	m.last.Store(&v)
+	if m.onTrip != nil {
+		m.onTrip(v)
+	}
+}
+
+// Armed reports whether the Monitor will call OnTrip on the next breach.
+func (m *Monitor) Armed() bool { return m.armed.Load() }
+
+// Rearm arms the Monitor again after a trip. The windows keep their
+// counts, so a caller that restores traffic usually calls
+// Consolidated().Reset first, or the Monitor may trip again at once.
+func (m *Monitor) Rearm() { m.armed.Store(true) }
+
+// LastTrip returns the verdict of the most recent trip, if any.
+func (m *Monitor) LastTrip() (Verdict, bool) {
+	if v := m.last.Load(); v != nil {
+		return *v, true
+	}
+	return Verdict{}, false
+}
+
+// LegacyUnhealthy reports whether the legacy arm looks unhealthy at now
+// (Unix nanoseconds), with a reason: its probe is down, or its own window
+// breaks the same rules as the consolidated arm's. It is false with an
+// empty reason when neither a legacy window nor a probe was given.
+func (m *Monitor) LegacyUnhealthy(now int64) (bool, string) {
+	if m.probe != nil && !m.probe.Healthy() {
+		return true, "probe failed: " + m.probe.LastError()
+	}
+	if m.legacy == nil {
+		return false, ""
+	}
+	v, ok := m.rules.Evaluate(m.legacy.StatsWithQuantile(now, m.rules.LatencyQuantile))
+	return ok, v.Reason
+}
