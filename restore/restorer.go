@@ -813,6 +813,9 @@ func (st *stager) copyObject(r *os.Root, e Entry, name string) error {
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return userErr(err, "disk full while staging %s/%s: %v", st.t.root, e.Path, err)
+	}
 	if err != nil {
 		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
 	}
