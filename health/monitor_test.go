@@ -200,7 +200,7 @@ func TestMonitorRunEvaluatesLatency(t *testing.T) {
 	// The slow requests are recorded without Observed, so only Run's
 	// ticks can notice them.
 	var nowNS atomic.Int64
-	nowNS.Store(at(0))
+	nowNS.Store(at(time.Second))
 	tripped := make(chan Verdict, 1)
 	r := Rules{LatencyQuantile: 0.9, LatencyLimit: 50 * time.Millisecond, MinRequests: 10, Window: 10 * time.Second}
 	m := NewMonitor(MonitorOptions{
@@ -209,6 +209,12 @@ func TestMonitorRunEvaluatesLatency(t *testing.T) {
 		Now:      func() time.Time { return time.Unix(0, nowNS.Load()) },
 		Interval: time.Millisecond,
 	})
+	for i := range 20 {
+		m.Consolidated().Observe(at(time.Duration(i)*time.Millisecond), 80*time.Millisecond, false)
+	}
+	if !m.Armed() {
+		t.Fatal("tripped before Run")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -219,10 +225,6 @@ func TestMonitorRunEvaluatesLatency(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	for i := range 20 {
-		m.Consolidated().Observe(at(time.Duration(i)*time.Millisecond), 80*time.Millisecond, false)
-	}
-	nowNS.Store(at(time.Second))
 	select {
 	case v := <-tripped:
 		if v.Rule != RuleLatency || !strings.HasPrefix(v.Reason, "latency p90 80") || !strings.HasSuffix(v.Reason, "> 50ms over 10s (n=20)") {
