@@ -1,0 +1,256 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVerifyReportsByPath(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	ctx := context.Background()
+	p := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	rep, err := e.m.VerifyPoint(ctx, p.ID)
+	if err != nil || !rep.OK || rep.Objects != 6 {
+		t.Fatalf("clean verify = %+v, %v", rep, err)
+	}
+	corruptObject(t, e, p, "app/main.py", []byte("evil"))
+	corruptObject(t, e, p, "config/settings.toml", nil)
+	rep, err = e.m.VerifyPoint(ctx, p.ID)
+	if !errors.Is(err, ErrVerifyFailed) || rep.OK {
+		t.Fatalf("verify = %v", err)
+	}
+	var got []string
+	for _, pr := range rep.Problems {
+		got = append(got, filepath.Base(pr.Root)+"/"+pr.Path+":"+pr.Kind)
+	}
+	if want := "app/main.py:corrupt config/settings.toml:missing"; strings.Join(got, " ") != want {
+		t.Errorf("problems = %v, want %s", got, want)
+	}
+	q, _ := e.m.GetPoint(ctx, p.ID)
+	if q.LastVerified == nil || q.Verified || q.VerifyError == "" {
+		t.Errorf("point after failed verify = %+v", q)
+	}
+	// Duplicate content: both paths are reported.
+	corruptObject(t, e, p, "data/dup1", nil)
+	rep, _ = e.m.VerifyPoint(ctx, p.ID)
+	if len(rep.Problems) != 4 {
+		t.Errorf("problems = %+v", rep.Problems)
+	}
+	if _, err := e.m.VerifyAll(ctx); !errors.Is(err, ErrVerifyFailed) {
+		t.Errorf("VerifyAll = %v", err)
+	}
+}
+
+func TestSecondCreateReusesDigests(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	var hashed []string
+	e.m.testHook = func(point string) error {
+		if p, ok := strings.CutPrefix(point, "open "); ok {
+			hashed = append(hashed, filepath.Base(p))
+		}
+		return nil
+	}
+	tickClock(e.m)
+	p1 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	if len(hashed) != 7 {
+		t.Fatalf("first create hashed %v", hashed)
+	}
+	hashed = nil
+	p2 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	if len(hashed) != 0 || p2.Parent != p1.ID || p2.ManifestDigest != p1.ManifestDigest {
+		t.Fatalf("unchanged second create hashed %v; parent %s", hashed, p2.Parent)
+	}
+	writeTree(t, e.dir, map[string]string{"data/db.json": "changed"})
+	hashed = nil
+	mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	if strings.Join(hashed, ",") != "db.json" {
+		t.Fatalf("third create hashed %v", hashed)
+	}
+}
+
+func TestListPointsAndIDs(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	ctx := context.Background()
+	fixed := time.Date(2025, 8, 18, 14, 30, 22, 0, time.UTC)
+	e.m.opts.Now = func() time.Time { return fixed }
+	a := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	b := mustCreate(t, e.m, CreateOptions{Type: TypeData})
+	c := mustCreate(t, e.m, CreateOptions{Type: TypePartialComponent, Component: "core"})
+	if a.ID != "rollback-20250818-143022" || b.ID != "rollback-20250818-143022-1" || c.ID != "rollback-20250818-143022-2" {
+		t.Fatalf("ids %s %s %s", a.ID, b.ID, c.ID)
+	}
+	if len(c.Components) != 1 || c.Components[0] != "core" || len(c.Roots) != 1 {
+		t.Errorf("component point = %+v", c)
+	}
+	all, _ := e.m.ListPoints(ctx, ListOptions{})
+	if len(all) != 3 || all[0].ID != c.ID || all[2].ID != a.ID {
+		t.Errorf("list order: %v", ids(all))
+	}
+	data, _ := e.m.ListPoints(ctx, ListOptions{Type: TypeData})
+	if len(data) != 1 || data[0].ID != b.ID {
+		t.Errorf("type filter: %v", ids(data))
+	}
+	one, _ := e.m.ListPoints(ctx, ListOptions{Limit: 1})
+	if len(one) != 1 {
+		t.Errorf("limit: %v", ids(one))
+	}
+	// Every create wrote an operation record.
+	ops, _ := e.m.ListOperations(ctx, 0)
+	if len(ops) != 3 || ops[0].Kind != KindCreate || ops[0].Status != StatusCompleted {
+		t.Errorf("ops = %+v", ops)
+	}
+}
+
+func ids(pts []Point) []string {
+	var out []string
+	for _, p := range pts {
+		out = append(out, p.ID)
+	}
+	return out
+}
+
+func TestRetain(t *testing.T) {
+	now := time.Date(2025, 8, 18, 0, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	pt := func(id, typ string, age time.Duration, tags ...string) Point {
+		return Point{ID: id, Type: typ, Created: now.Add(-age), Tags: tags}
+	}
+	tests := []struct {
+		name     string
+		pts      []Point // newest first
+		count    int
+		days     int
+		wantKept string
+	}{
+		{"keep count", []Point{pt("a", TypeData, 40*day), pt("b", TypeData, 41*day), pt("c", TypeData, 42*day)}, 2, 30, "a b"},
+		{"keep young", []Point{pt("a", TypeData, day), pt("b", TypeData, 2*day), pt("c", TypeData, 42*day)}, 1, 30, "a b"},
+		{"tagged forever", []Point{pt("a", TypeData, 40*day), pt("b", TypeData, 400*day, "golden")}, 1, 30, "a b"},
+		{"newest full_system", []Point{pt("a", TypeData, 40*day), pt("b", TypeFullSystem, 50*day), pt("c", TypeFullSystem, 60*day)}, 1, 30, "a b"},
+		{"nothing old", []Point{pt("a", TypeFullSystem, 40*day), pt("b", TypeData, 50*day)}, 1, 1, "a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			keep := retain(tt.pts, tt.count, tt.days, now)
+			var got []string
+			for _, p := range tt.pts {
+				if _, ok := keep[p.ID]; ok {
+					got = append(got, p.ID)
+				}
+			}
+			if strings.Join(got, " ") != tt.wantKept {
+				t.Errorf("kept %v, want %s (why %v)", got, tt.wantKept, keep)
+			}
+		})
+	}
+}
+
+func TestCleanupRemovesPointsAndObjects(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	tickClock(e.m)
+	var pts []Point
+	for i := 0; i < 4; i++ {
+		writeTree(t, e.dir, map[string]string{"data/f": fmt.Sprint("version ", i)})
+		pts = append(pts, mustCreate(t, e.m, CreateOptions{Type: TypeData}))
+	}
+	// Pretend the points are old, and so are their objects.
+	e.m.opts.Now = func() time.Time { return time.Now().Add(100 * 24 * time.Hour) }
+	old := time.Now().Add(-2 * gcGrace)
+	e.m.objects.walk(ctx, func(d string, _ os.FileInfo) error { return os.Chtimes(e.m.objects.path(d), old, old) })
+	dry, err := e.m.Cleanup(ctx, CleanupOptions{KeepCount: 2, DryRun: true})
+	if err != nil || len(dry.Removed) != 2 || dry.ObjectsRemoved != 2 {
+		t.Fatalf("dry run = %+v, %v", dry, err)
+	}
+	if all, _ := e.m.ListPoints(ctx, ListOptions{}); len(all) != 4 {
+		t.Fatal("dry run removed points")
+	}
+	rep, err := e.m.Cleanup(ctx, CleanupOptions{KeepCount: 2})
+	if err != nil || len(rep.Removed) != 2 || rep.ObjectsRemoved != 2 {
+		t.Fatalf("cleanup = %+v, %v", rep, err)
+	}
+	all, _ := e.m.ListPoints(ctx, ListOptions{})
+	if len(all) != 2 || all[1].ID != pts[2].ID {
+		t.Fatalf("left %v", ids(all))
+	}
+	for _, p := range all {
+		if _, err := e.m.VerifyPoint(ctx, p.ID); err != nil {
+			t.Errorf("kept point %s broken: %v", p.ID, err)
+		}
+	}
+	if _, err := os.Stat(e.m.manifestPath(pts[0].ID)); !os.IsNotExist(err) {
+		t.Errorf("manifest of removed point still there: %v", err)
+	}
+}
+
+// TestPropertyRoundTrip checks restore(create(tree)) == tree on random
+// trees: contents, modes, mtimes, symlinks, empty dirs.
+func TestPropertyRoundTrip(t *testing.T) {
+	for seed := uint64(1); seed <= 8; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			e := newEnv(t)
+			r := rand.New(rand.NewPCG(seed, seed*7))
+			randomTree(t, r, filepath.Join(e.dir, "data"), 3)
+			tickClock(e.m)
+			want := snapshot(t, filepath.Join(e.dir, "data"))
+			p := mustCreate(t, e.m, CreateOptions{Type: TypeData})
+			// Scramble: replace the tree with another random one.
+			os.RemoveAll(filepath.Join(e.dir, "data"))
+			if seed%3 != 0 {
+				randomTree(t, r, filepath.Join(e.dir, "data"), 2)
+			}
+			if _, err := e.m.Rollback(context.Background(), p.ID, RollbackOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if got := snapshot(t, filepath.Join(e.dir, "data")); got != want {
+				t.Fatalf("round trip differs:\n%s\n--- want\n%s", got, want)
+			}
+		})
+	}
+}
+
+func randomTree(t *testing.T, r *rand.Rand, dir string, depth int) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := r.IntN(6)
+	for i := 0; i < n; i++ {
+		name := filepath.Join(dir, fmt.Sprintf("e%d", r.IntN(1000)))
+		if _, err := os.Lstat(name); err == nil {
+			continue
+		}
+		k := r.IntN(10)
+		switch {
+		case k < 5:
+			data := make([]byte, r.IntN(5000))
+			for j := range data {
+				data[j] = byte(r.IntN(4))
+			}
+			os.WriteFile(name, data, 0o644)
+			os.Chmod(name, []os.FileMode{0o644, 0o600, 0o755, 0o444, 0o640 | os.ModeSetgid}[r.IntN(5)])
+		case k < 7 && depth > 0:
+			randomTree(t, r, name, depth-1)
+		case k < 8:
+			os.Mkdir(name, 0o750) // empty
+		default:
+			os.Symlink([]string{"e1", "../x", "/abs/target", "nowhere/deep"}[r.IntN(4)], name)
+		}
+		if k < 8 {
+			mt := time.Unix(1600000000+int64(r.IntN(1e8)), int64(r.IntN(1e9)))
+			os.Chtimes(name, mt, mt)
+		}
+	}
+	mt := time.Unix(1500000000+int64(r.IntN(1e8)), int64(r.IntN(1e9)))
+	os.Chmod(dir, []os.FileMode{0o755, 0o700, 0o1777}[r.IntN(3)])
+	os.Chtimes(dir, mt, mt)
+}
