@@ -179,9 +179,10 @@ type Store struct {
 	token     string // only to scrub it from errors
 	opts      Options
 
-	// suspect is set when a request found Consul unreachable, and cleared
-	// by the next Watch, which then checks for an index reset first.
-	suspect atomic.Bool
+	// unavailableAt is when a request last found Consul unreachable (unix
+	// nanoseconds). For a while after it, Watch checks for an index reset
+	// before it blocks.
+	unavailableAt atomic.Int64
 
 	mu    sync.Mutex // guards locks
 	locks map[*lock]struct{}
@@ -480,7 +481,7 @@ func (s *Store) fail(ctx context.Context, op, what string, err error) error {
 		return ctxErr
 	}
 	if isUnavailable(err) {
-		s.suspect.Store(true)
+		s.unavailableAt.Store(time.Now().UnixNano())
 		return s.scrub(fmt.Errorf("consul %s %s: %w: %v", op, what, state.ErrUnavailable, err))
 	}
 	return s.scrub(fmt.Errorf("consul %s %s: %w", op, what, err))

@@ -615,3 +615,54 @@ func TestOpen(t *testing.T) {
 		})
 	}
 }
+
+func TestLeaderLoss(t *testing.T) {
+	cluster := consultest.StartCluster(t, 3)
+	ctx := context.Background()
+	leader := cluster.WaitLeader(t)
+	follower := (leader + 1) % 3
+	prefix := freshPrefix()
+	s := open(t, cluster.Agents[follower].Addr, prefix, consul.Options{})
+	v1, err := s.Put(ctx, "switches/main", []byte(`{"mode":"split"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.Lock(ctx, state.RestoreLock, []byte("gw-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+
+	killed := time.Now()
+	cluster.Kill(leader)
+	t.Logf("killed leader %s", cluster.Agents[leader].Name)
+
+	// Writes through the surviving follower fail as unavailable until a
+	// new leader is elected, then succeed; nothing written is lost.
+	var unavailable int
+	for {
+		_, err := s.CAS(ctx, "switches/main", []byte(`{"mode":"legacy"}`), v1)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, state.ErrUnavailable) || time.Since(killed) > 30*time.Second {
+			t.Fatalf("CAS after leader loss: %v", err)
+		}
+		unavailable++
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("writes resumed %s after the leader was killed (%d unavailable answers before)", time.Since(killed).Round(time.Millisecond), unavailable)
+	if i := cluster.WaitLeader(t); i == leader {
+		t.Fatalf("leader is still %d", i)
+	}
+	e, err := s.Get(ctx, "switches/main")
+	if err != nil || string(e.Value) != `{"mode":"legacy"}` {
+		t.Fatalf("Get = %q, %v", e.Value, err)
+	}
+	select {
+	case <-l.Lost():
+		t.Logf("the lock was reported lost during the election")
+	default:
+		t.Logf("the lock survived the election (its session lives in raft)")
+	}
+}

@@ -27,9 +27,10 @@
 // when tombstones are reaped, when a snapshot is restored and when a dev
 // agent restarts. Watch hands such a smaller index to the caller, who starts
 // again from 0. Consul itself answers a blocking query whose index is ahead
-// of its own only when the wait time runs out, so after the Store has seen
-// Consul unreachable its next Watch first asks without blocking, and a reset
-// is noticed at once rather than after Options.WatchWaitTime.
+// of its own only when the wait time runs out, so for one
+// Options.WatchWaitTime after the Store has seen Consul unreachable, Watch
+// first asks without blocking, and a reset is noticed at once rather than
+// when the wait runs out.
 //
 // # Locks
 //

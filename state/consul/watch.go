@@ -30,8 +30,9 @@ func (s *Store) Watch(ctx context.Context, ns string, index uint64) ([]state.Ent
 
 	// After Consul was unreachable it may have come back with a lower
 	// index (a dev agent restarted, a snapshot restored). A blocking query
-	// would then wait out WatchWaitTime before saying so; ask first.
-	if index > 0 && s.suspect.Swap(false) {
+	// would then wait out WatchWaitTime before saying so. So for one
+	// WatchWaitTime after an outage, ask without blocking first.
+	if index > 0 && time.Since(time.Unix(0, s.unavailableAt.Load())) < s.opts.WatchWaitTime {
 		entries, idx, err := s.list(ctx, prefix, ns, &api.QueryOptions{})
 		if err != nil {
 			return nil, index, err

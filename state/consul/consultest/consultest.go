@@ -107,8 +107,11 @@ func build(t testing.TB, path string) error {
 		return err
 	}
 	defer lf.Close()
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("locking %s: %w", lf.Name(), err)
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Logf("waiting for another process building consul into %s", path)
+		if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+			return fmt.Errorf("locking %s: %w", lf.Name(), err)
+		}
 	}
 	defer syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
 	if isExecutable(path) {
