@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 )
@@ -46,6 +47,24 @@ type Probe struct {
 	down      atomic.Bool // false until a probe fails: healthy until proven otherwise
 	lastErr   atomic.Pointer[string]
 	lastCheck atomic.Int64 // Unix nanoseconds; 0 before the first probe
+}
+
+// Validate reports whether the probe's settings are usable: URL must be an
+// absolute http or https URL, and Interval and Timeout must not be
+// negative. It has no side effects.
+func (p *Probe) Validate() error {
+	u, err := url.Parse(p.URL)
+	switch {
+	case err != nil:
+		return fmt.Errorf("invalid probe url %q: %v", p.URL, err)
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("invalid probe url %q: must be an absolute http or https URL", p.URL)
+	case p.Interval < 0:
+		return fmt.Errorf("probe interval %v is out of range: must be positive, or zero for the default %v", p.Interval, DefaultProbeInterval)
+	case p.Timeout < 0:
+		return fmt.Errorf("probe timeout %v is out of range: must be positive, or zero for the default %v", p.Timeout, DefaultProbeTimeout)
+	}
+	return nil
 }
 
 // Run probes at once and then every Interval until ctx is done.

@@ -141,3 +141,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestProbeValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		probe   *Probe
+		wantErr string
+	}{
+		{"valid", &Probe{URL: "http://127.0.0.1:8080/health"}, ""},
+		{"https", &Probe{URL: "https://legacy.internal/health", Interval: time.Second, Timeout: time.Second}, ""},
+		{"empty url", &Probe{}, "must be an absolute http or https URL"},
+		{"relative url", &Probe{URL: "/health"}, "must be an absolute http or https URL"},
+		{"other scheme", &Probe{URL: "ftp://host/x"}, "must be an absolute http or https URL"},
+		{"bad url", &Probe{URL: "http://[::1"}, "invalid probe url"},
+		{"negative interval", &Probe{URL: "http://h/", Interval: -time.Second}, "probe interval -1s is out of range"},
+		{"negative timeout", &Probe{URL: "http://h/", Timeout: -time.Second}, "probe timeout -1s is out of range"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.probe.Validate()
+			if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("Validate() = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -96,10 +96,7 @@ func (w *Window) Span() time.Duration {
 // out of the window but still counts in the lifetime totals.
 func (w *Window) Observe(now int64, latency time.Duration, failed bool) {
 	slot := slotOf(latency)
-	if now < 0 {
-		now = 0
-	}
-	e := now / w.width
+	e := w.epochAt(now)
 	b := &w.buckets[e%int64(len(w.buckets))]
 	if b.epoch.Load() == e+1 || w.rotate(b, e) {
 		b.requests.Add(1)
@@ -127,9 +124,8 @@ func (w *Window) Observe(now int64, latency time.Duration, failed bool) {
 
 // rotate moves bucket b to epoch e, zeroing its counters, and reports
 // whether b now counts epoch e. It fails when b already counts a newer
-// epoch (the observation is older than the whole ring, so too old for the
-// window) or when another
-// goroutine is rotating b at this moment.
+// epoch (the observation is then older than the whole ring, so too old
+// for the window) or when another goroutine is rotating b at this moment.
 func (w *Window) rotate(b *bucket, e int64) bool {
 	for {
 		old := b.epoch.Load()

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -118,6 +119,70 @@ func TestWindowExpiry(t *testing.T) {
 				t.Errorf("error rate %v, want %v", s.ErrorRate, wantRate)
 			}
 		})
+	}
+}
+
+func TestWindowLatencyExpires(t *testing.T) {
+	w := NewWindow(WindowOptions{})
+	for i := range 100 {
+		w.Observe(at(time.Duration(i)*time.Millisecond), 2*time.Second, false)
+	}
+	if got := w.Quantile(at(time.Second), 0.5); !within(got, 2*time.Second, 0.01) {
+		t.Fatalf("p50 %v, want about 2s", got)
+	}
+	// Eleven seconds on, the same bucket counts a new epoch: the slow
+	// latencies must be gone from its histogram.
+	w.Observe(at(11*time.Second), 3*time.Millisecond, false)
+	s := w.Stats(at(11 * time.Second))
+	if s.Requests != 1 || !within(s.P50, 3*time.Millisecond, 0.01) || !within(s.P999, 3*time.Millisecond, 0.01) {
+		t.Errorf("after expiry: %+v, want one request of 3ms", s)
+	}
+}
+
+func TestWindowNegativeNow(t *testing.T) {
+	w := NewWindow(WindowOptions{})
+	w.Observe(-5, time.Millisecond, true)
+	if s := w.Stats(0); s.Requests != 1 || s.Failures != 1 {
+		t.Errorf("negative now: %+v, want it counted at 0", s)
+	}
+}
+
+func TestWindowStress(t *testing.T) {
+	// Observers, readers, Advance and Reset all at once, on a window
+	// that rotates constantly; run with -race. Nothing may go out of
+	// range.
+	w := NewWindow(WindowOptions{Buckets: 3, Width: 100 * time.Microsecond})
+	var clock atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 5000 {
+				now := clock.Add(int64(time.Microsecond))
+				w.Observe(now, time.Duration(i)*time.Microsecond, (i+g)%2 == 0)
+			}
+		})
+	}
+	check := func(s Stats) {
+		if s.Failures > s.Requests || s.ErrorRate < 0 || s.ErrorRate > 1 || s.P50 < 0 || s.P50 > s.P999 {
+			t.Errorf("out of range: %+v", s)
+		}
+	}
+	wg.Go(func() {
+		for range 200 {
+			check(w.Stats(clock.Load()))
+			w.Advance(clock.Load())
+		}
+	})
+	wg.Go(func() {
+		for range 20 {
+			w.Reset()
+			check(w.Stats(clock.Load()))
+		}
+	})
+	wg.Wait()
+	check(w.Stats(clock.Load()))
+	if c := w.Cumulative(); c.Count != 4*5000 || c.Failures != 2*5000 {
+		t.Errorf("lifetime count %d failures %d, want %d %d", c.Count, c.Failures, 4*5000, 2*5000)
 	}
 }
 
