@@ -230,6 +230,10 @@ func Open(cfg Config, opts Options) (*Store, error) {
 	tr := cleanhttp.DefaultPooledTransport()
 	tr.DialContext = (&net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = opts.DialTimeout
+	// A last resort for requests that take no context (inside api.Lock):
+	// longer than Consul's longest blocking query (10 minutes), so it
+	// never cuts one short, but nothing hangs forever.
+	tr.ResponseHeaderTimeout = 11 * time.Minute
 	ac.Transport = tr
 	hc, err := api.NewHttpClient(tr, ac.TLSConfig)
 	if err != nil {
@@ -464,6 +468,9 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	ns, name, err := state.SplitKey(key)
 	if err != nil {
 		return err
+	}
+	if ns == state.NSLocks {
+		return fmt.Errorf("consul state: locks are released with Unlock, not deleted")
 	}
 	q, cancel := s.request(ctx)
 	defer cancel()

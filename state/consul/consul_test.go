@@ -74,6 +74,38 @@ func TestKeysAndVersions(t *testing.T) {
 	if _, err := s.Put(ctx, "locks/restore", []byte("x")); err == nil {
 		t.Fatal("Put into locks/ succeeded; locks are taken with Lock")
 	}
+	if err := s.Delete(ctx, "locks/restore"); err == nil {
+		t.Fatal("Delete in locks/ succeeded; locks are released with Unlock")
+	}
+}
+
+func TestWatchWakesOnDelete(t *testing.T) {
+	agent := consultest.Start(t)
+	ctx := context.Background()
+	prefix := freshPrefix()
+	a, b := open(t, agent.Addr, prefix, consul.Options{}), open(t, agent.Addr, prefix, consul.Options{})
+	for _, name := range []string{"one", "two"} {
+		if _, err := a.Put(ctx, "switches/"+name, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, idx, err := b.Watch(ctx, state.NSSwitches, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		a.Delete(ctx, "switches/two")
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	entries, next, err := b.Watch(wctx, state.NSSwitches, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next <= idx || len(entries) != 1 || entries[0].Key != "switches/one" {
+		t.Fatalf("Watch after a delete = %+v at index %d (was %d), want only switches/one", entries, next, idx)
+	}
 }
 
 func TestLargeValues(t *testing.T) {
