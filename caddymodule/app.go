@@ -1,0 +1,464 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"go.uber.org/zap"
+
+	"github.com/leanvibe/switchback/restore"
+	"github.com/leanvibe/switchback/state"
+	"github.com/leanvibe/switchback/state/local"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// switches holds every live Switch by name. It is a UsagePool so that a
+// switch, with its mode, windows and counters, outlives a config reload:
+// the new config's handler takes the same Switch before the old one lets go.
+var switches = caddy.NewUsagePool()
+
+// App is the switchback app: it owns the state store, the registry of this
+// config's switches and the rollback configuration, and it keeps switch
+// state in step with the store.
+type App struct {
+	// State selects the state store (default: local, a bbolt file under
+	// Caddy's data directory).
+	State *StateConfig `json:"state,omitempty"`
+
+	// Gateway names this gateway in records and logs (default: the host
+	// name).
+	Gateway string `json:"gateway,omitempty"`
+
+	// Backups is the directory that holds rollback points: objects and
+	// manifests (default: switchback/backups under Caddy's data directory).
+	Backups string `json:"backups,omitempty"`
+
+	// Logs is where operation records are written as rollback-<op>.json
+	// (default: switchback/logs under Caddy's data directory).
+	Logs string `json:"logs,omitempty"`
+
+	// Points maps each point type (full_system, configuration_only, data)
+	// to the paths a point of that type holds.
+	Points map[string][]string `json:"points,omitempty"`
+
+	// Components maps each named component to its paths; a
+	// partial_component point holds one or all of them.
+	Components map[string][]string `json:"components,omitempty"`
+
+	// Retention is the default policy of "point cleanup".
+	Retention *Retention `json:"retention,omitempty"`
+
+	// Hooks run around a restore.
+	Hooks *Hooks `json:"hooks,omitempty"`
+
+	// Validate lists the URLs that must answer after a restore.
+	Validate []ValidateURL `json:"validate,omitempty"`
+
+	ctx      caddy.Context
+	cancel   context.CancelFunc
+	logger   *zap.Logger
+	store    state.Store
+	restore  *restore.Manager
+	gateway  string
+	registry map[string]*Switch // this config's switches, filled during provisioning
+	events   *caddyevents.App
+
+	rt *appRuntime
+}
+
+// appRuntime is the app's mutable runtime state, apart from the config so
+// the config struct can be copied.
+type appRuntime struct {
+	degraded   atomic.Bool
+	storeMu    sync.Mutex // guards storeErr, storeSince
+	storeErr   string
+	storeSince time.Time
+
+	secretOnce sync.Once
+	secret     []byte
+	secretErr  error
+}
+
+// StateConfig selects and configures the state store.
+type StateConfig struct {
+	// Backend is "local" or "consul" (default local).
+	Backend string `json:"backend,omitempty"`
+
+	// Path is the local bbolt file (default: switchback/state.db under
+	// Caddy's data directory).
+	Path string `json:"path,omitempty"`
+
+	// Consul configures the consul backend.
+	Consul *ConsulConfig `json:"consul,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "switchback",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision opens the state store and checks the rollback config.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	a.registry = make(map[string]*Switch)
+	a.rt = new(appRuntime)
+	a.gateway = a.Gateway
+	if a.gateway == "" {
+		a.gateway, _ = os.Hostname()
+	}
+	st, err := a.openStore()
+	if err != nil {
+		return err
+	}
+	a.store = st
+	if ev, err := ctx.App("events"); err == nil {
+		a.events, _ = ev.(*caddyevents.App)
+	}
+	if err := a.provisionRollback(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// openStore opens the configured state store.
+func (a *App) openStore() (state.Store, error) {
+	cfg := a.State
+	if cfg == nil {
+		cfg = &StateConfig{}
+	}
+	switch cfg.Backend {
+	case "", "local":
+		path := cfg.Path
+		if path == "" {
+			path = DefaultStatePath()
+		}
+		st, err := local.Open(path, local.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("opening state store: %w", err)
+		}
+		return st, nil
+	case "consul":
+		return openConsul(cfg.Consul)
+	}
+	return nil, fmt.Errorf("unknown state backend %q: want local or consul", cfg.Backend)
+}
+
+// DefaultStatePath is where the local store lives when no path is given.
+func DefaultStatePath() string {
+	return filepath.Join(caddy.AppDataDir(), "switchback", "state.db")
+}
+
+// Start starts keeping switch state in step with the store.
+func (a *App) Start() error {
+	ctx, cancel := context.WithCancel(a.ctx)
+	a.cancel = cancel
+	go a.syncLoop(ctx)
+	a.startRollback(ctx)
+	return nil
+}
+
+// Stop stops the sync loop and closes the store.
+func (a *App) Stop() error {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	if a.store != nil {
+		return a.store.Close()
+	}
+	return nil
+}
+
+// register adds a handler's switch to this config, taking the live Switch
+// of that name from the pool (or making it).
+func (a *App) register(ctx caddy.Context, h *Handler) (*Switch, error) {
+	if _, dup := a.registry[h.Name]; dup {
+		return nil, fmt.Errorf("switch %s is defined twice: switch names must be unique", h.Name)
+	}
+	val, _, err := switches.LoadOrNew(h.Name, func() (caddy.Destructor, error) {
+		return newSwitch(h.Name), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sw := val.(*Switch)
+	sw.handler.Store(h)
+	a.registry[h.Name] = sw
+	return sw, nil
+}
+
+// configure settles a switch's state at config load: the stored state wins,
+// except for a mode or weight whose config value changed since it was
+// stored. With no stored state, the config's values are the state.
+func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
+	cfgMode := state.Mode(h.Mode)
+	if cfgMode == "" {
+		cfgMode = state.ModeSplit
+	}
+	cfgWeight := h.Weight
+	now := time.Now().UTC()
+	decide := func(cur state.Switch, exists bool) (state.Switch, bool) {
+		n := cur
+		n.History = append([]state.Event(nil), cur.History...)
+		var what string
+		switch {
+		case !exists:
+			n.Mode, n.Weight, what = cfgMode, cfgWeight, "initial config"
+		case cur.ConfigMode != cfgMode && cur.ConfigWeight != cfgWeight:
+			n.Mode, n.Weight, n.Tripped, what = cfgMode, cfgWeight, false, "config mode and weight changed"
+		case cur.ConfigMode != cfgMode:
+			n.Mode, n.Tripped, what = cfgMode, false, "config mode changed"
+		case cur.ConfigWeight != cfgWeight:
+			n.Weight, what = cfgWeight, "config weight changed"
+		default:
+			return cur, false
+		}
+		n.ConfigMode, n.ConfigWeight = cfgMode, cfgWeight
+		n.Since, n.By, n.Gateway, n.Reason = now, "config", a.gateway, what
+		n.Record(state.Event{Kind: "config", Mode: n.Mode, Weight: n.Weight, Reason: what, By: "config", Gateway: a.gateway, At: now})
+		return n, true
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec, err := state.UpdateSwitch(wctx, a.store, sw.name, decide)
+	if err != nil {
+		if !errors.Is(err, state.ErrUnavailable) {
+			return fmt.Errorf("switch %s: loading its state: %w", sw.name, err)
+		}
+		// The store is down (a fleet's Consul, say): serve on what we
+		// know, and let the sync loop catch up when it returns.
+		a.storeFailed(err)
+		sw.mu.Lock()
+		if sw.rec.Mode == "" {
+			rec, _ = decide(state.Switch{Name: sw.name}, false)
+			sw.applyLocked(rec, false)
+		}
+		sw.mu.Unlock()
+		a.logger.Warn("state store unavailable at load; serving on last known state", zap.String("switch", sw.name), zap.Error(err))
+		return nil
+	}
+	a.storeOK()
+	sw.mu.Lock()
+	if !sw.pending || rec.Supersedes(sw.rec) {
+		sw.applyLocked(rec, false)
+	}
+	sw.mu.Unlock()
+	return nil
+}
+
+// syncLoop follows the store's switches: it adopts changes made by other
+// gateways or by the offline CLI, and writes back changes this gateway made
+// while the store was unreachable. It backs off on errors and on watches
+// that return at once, never spinning.
+func (a *App) syncLoop(ctx context.Context) {
+	var index uint64
+	backoff := time.Duration(0)
+	for ctx.Err() == nil {
+		began := time.Now()
+		entries, next, err := a.store.Watch(ctx, state.NSSwitches, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.storeFailed(err)
+			backoff = nextBackoff(backoff)
+			sleep(ctx, backoff)
+			continue
+		}
+		a.storeOK()
+		if next < index {
+			index = 0 // the store was reset: read everything again
+		} else {
+			index = next
+		}
+		a.reconcile(ctx, entries)
+		if time.Since(began) < 10*time.Millisecond && index != 0 {
+			// A watch may return early; don't let that become a hot loop.
+			backoff = nextBackoff(backoff)
+			sleep(ctx, min(backoff, 50*time.Millisecond))
+		} else {
+			backoff = 0
+		}
+	}
+}
+
+// reconcile applies a snapshot of the store's switches.
+func (a *App) reconcile(ctx context.Context, entries []state.Entry) {
+	seen := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		rec, err := state.DecodeSwitch(e.Value)
+		if err != nil {
+			a.logger.Error("bad switch record in store", zap.String("key", e.Key), zap.Error(err))
+			continue
+		}
+		seen[rec.Name] = true
+		sw, ok := a.registry[rec.Name]
+		if !ok {
+			continue
+		}
+		if sw.adopt(rec) {
+			a.writeBack(ctx, sw)
+		}
+	}
+	for name, sw := range a.registry {
+		if _, pending := sw.Record(); pending && !seen[name] {
+			a.writeBack(ctx, sw)
+		}
+	}
+}
+
+// writeBack writes a switch's pending local record, unless the store holds
+// a newer one (newest Since wins, legacy wins a tie).
+func (a *App) writeBack(ctx context.Context, sw *Switch) {
+	mine, _ := sw.Record()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec, err := state.UpdateSwitch(wctx, a.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
+		if exists && !mine.Supersedes(cur) {
+			return cur, false
+		}
+		return mine, true
+	})
+	if err != nil {
+		a.storeFailed(err)
+		return
+	}
+	sw.mu.Lock()
+	sw.applyLocked(rec, false)
+	sw.mu.Unlock()
+	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
+}
+
+// storeFailed marks the store degraded.
+func (a *App) storeFailed(err error) {
+	a.rt.storeMu.Lock()
+	defer a.rt.storeMu.Unlock()
+	if !a.rt.degraded.Swap(true) {
+		a.rt.storeSince = time.Now()
+		a.logger.Error("state store degraded; serving on last known state", zap.String("store", a.store.Describe()), zap.Error(err))
+	}
+	a.rt.storeErr = err.Error()
+}
+
+// storeOK marks the store healthy.
+func (a *App) storeOK() {
+	if !a.rt.degraded.Load() {
+		return
+	}
+	a.rt.storeMu.Lock()
+	defer a.rt.storeMu.Unlock()
+	if a.rt.degraded.Swap(false) {
+		a.logger.Info("state store reachable again", zap.String("store", a.store.Describe()), zap.Duration("outage", time.Since(a.rt.storeSince)))
+		a.rt.storeErr, a.rt.storeSince = "", time.Now()
+	}
+}
+
+// StoreStatus is the store's health as the admin API shows it.
+type StoreStatus struct {
+	Backend string    `json:"backend"`
+	Status  string    `json:"status"` // "ok" or "degraded"
+	Error   string    `json:"error,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+}
+
+func (a *App) storeStatus() StoreStatus {
+	a.rt.storeMu.Lock()
+	defer a.rt.storeMu.Unlock()
+	s := StoreStatus{Backend: a.store.Describe(), Status: "ok"}
+	if a.rt.degraded.Load() {
+		s.Status, s.Error, s.Since = "degraded", a.rt.storeErr, a.rt.storeSince
+	}
+	return s
+}
+
+// cookieSecret returns the key that signs sticky cookies. It lives in the
+// store, so all gateways of a fleet share it and a restart keeps users on
+// their arm. If the store is down at first use, a random key serves this
+// process and cookies are re-issued later.
+func (a *App) cookieSecret(ctx context.Context) ([]byte, error) {
+	a.rt.secretOnce.Do(func() {
+		key := state.Key(state.NSSecrets, "cookie")
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		for range 3 {
+			e, err := a.store.Get(wctx, key)
+			if err == nil {
+				a.rt.secret, err = hex.DecodeString(string(e.Value))
+				if err != nil || len(a.rt.secret) < 16 {
+					a.rt.secretErr = fmt.Errorf("cookie secret in state store is corrupt; delete key %s to make a new one", key)
+				}
+				return
+			}
+			if errors.Is(err, state.ErrNotFound) {
+				raw := make([]byte, 32)
+				rand.Read(raw)
+				if _, err := a.store.CAS(wctx, key, []byte(hex.EncodeToString(raw)), 0); err == nil {
+					a.rt.secret = raw
+					return
+				} else if errors.Is(err, state.ErrConflict) {
+					continue // another gateway made one first
+				}
+			}
+			if errors.Is(err, state.ErrUnavailable) {
+				break
+			}
+			if err != nil {
+				a.rt.secretErr = fmt.Errorf("reading cookie secret: %w", err)
+				return
+			}
+		}
+		a.logger.Warn("state store unavailable: signing sticky cookies with a key for this process only")
+		a.rt.secret = make([]byte, 32)
+		rand.Read(a.rt.secret)
+	})
+	return a.rt.secret, a.rt.secretErr
+}
+
+// emit sends a Caddy event, if the events app is configured.
+func (a *App) emit(name string, data map[string]any) {
+	if a.events != nil {
+		a.events.Emit(a.ctx, name, data)
+	}
+}
+
+// nextBackoff doubles d from 100ms up to 5s, with jitter.
+func nextBackoff(d time.Duration) time.Duration {
+	if d <= 0 {
+		d = 100 * time.Millisecond
+	} else {
+		d = min(2*d, 5*time.Second)
+	}
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// Interface guards.
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)

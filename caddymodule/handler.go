@@ -1,0 +1,573 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/state"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults for a switch.
+const (
+	DefaultReplayMaxBody = 64 << 10
+	DefaultCookieMaxAge  = caddy.Duration(365 * 24 * time.Hour)
+)
+
+// Handler sends each request to one of two arms, legacy or consolidated,
+// by the mode and weight of its switch, and watches each arm's answers.
+// Its arms are handler chains, usually reverse_proxy.
+type Handler struct {
+	// Name names the switch. Required. A switch's state is kept under its
+	// name, so two handlers in one config may not share a name.
+	Name string `json:"name"`
+
+	// Mode is the initial mode: split, legacy or consolidated (default
+	// split). A mode set later through the admin API wins over it until
+	// this value itself changes.
+	Mode string `json:"mode,omitempty"`
+
+	// Weight is the initial percent of sticky keys sent to consolidated in
+	// split mode, 0 to 100 (default 0). A weight set later through the
+	// admin API wins over it until this value itself changes.
+	Weight int `json:"weight,omitempty"`
+
+	// Sticky says where the key that keeps a user on one arm comes from
+	// (default: a cookie named "sb_user").
+	Sticky *Sticky `json:"sticky,omitempty"`
+
+	// LegacyRaw is the legacy arm's handler, usually a subroute holding
+	// reverse_proxy. Required.
+	LegacyRaw json.RawMessage `json:"legacy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
+	// ConsolidatedRaw is the consolidated arm's handler. Required.
+	ConsolidatedRaw json.RawMessage `json:"consolidated,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
+	// Trip holds the rules that move the switch to legacy. Nil means the
+	// defaults (error_rate 5%, consecutive_failures 10, window 10s,
+	// min_requests 20); set Off to watch without tripping.
+	Trip *Trip `json:"trip,omitempty"`
+
+	// ReplayToLegacy replays on legacy a request that failed on
+	// consolidated before any byte reached the client (default true).
+	ReplayToLegacy *bool `json:"replay_to_legacy,omitempty"`
+
+	// ReplayMaxBody is the largest request body buffered so that the
+	// request can be replayed (default 64 KiB). A request with a larger
+	// body is not replayed.
+	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
+
+	// Probe actively checks an arm through its own handler chain.
+	Probe *Probe `json:"probe,omitempty"`
+
+	// AutoRecover, if set, lets a tripped switch try consolidated again on
+	// its own. Nil means recovery is manual.
+	AutoRecover *AutoRecover `json:"auto_recover,omitempty"`
+
+	// OnTrip and OnRecover are run, in order, when the switch trips or
+	// recovers on this gateway.
+	OnTrip    []Action `json:"on_trip,omitempty"`
+	OnRecover []Action `json:"on_recover,omitempty"`
+
+	legacy       caddyhttp.MiddlewareHandler
+	consolidated caddyhttp.MiddlewareHandler
+	app          *App
+	sw           *Switch
+	monitor      *health.Monitor
+	probe        *health.Probe
+	signer       *cookieSigner
+	cookieName   string
+	headerName   string
+	stickyMode   string
+	replay       bool
+	maxBody      int64
+	logger       *zap.Logger
+	ctx          caddy.Context
+}
+
+// Sticky configures the sticky key.
+type Sticky struct {
+	// Source is "cookie", "header" or "client_ip" (default cookie).
+	Source string `json:"source,omitempty"`
+
+	// Name is the cookie or header name (default "sb_user" for cookies).
+	Name string `json:"name,omitempty"`
+
+	// Secret signs cookies. Empty means a random secret kept in the state
+	// store, so every gateway sharing the store signs alike. It is never
+	// logged or shown by the admin API.
+	Secret string `json:"secret,omitempty"`
+
+	// MaxAge is the cookie's lifetime (default 1 year).
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+}
+
+// Trip holds trip rules.
+type Trip struct {
+	// Off disables tripping; the windows are still watched and reported.
+	Off bool `json:"off,omitempty"`
+
+	// ErrorRate trips when failures/requests over the window exceeds it,
+	// as a fraction (0.05 is 5%). 0 disables the rule.
+	ErrorRate float64 `json:"error_rate,omitempty"`
+
+	// LatencyQuantile and Latency trip when that quantile of time to first
+	// byte over the window exceeds Latency (e.g. 0.99 and 250ms).
+	LatencyQuantile float64        `json:"latency_quantile,omitempty"`
+	Latency         caddy.Duration `json:"latency,omitempty"`
+
+	// ConsecutiveFailures trips after that many failures in a row, for low
+	// traffic. 0 disables the rule.
+	ConsecutiveFailures int `json:"consecutive_failures,omitempty"`
+
+	// Window is the sliding window's span (default 10s), cut into Buckets
+	// buckets (default 10).
+	Window  caddy.Duration `json:"window,omitempty"`
+	Buckets int            `json:"buckets,omitempty"`
+
+	// MinRequests is how many requests the window must hold before the
+	// rate and latency rules may fire (default 20).
+	MinRequests int `json:"min_requests,omitempty"`
+}
+
+// Probe is an active health check of one arm, sent through that arm's own
+// handler chain, so it checks exactly what users would get.
+type Probe struct {
+	// Arm is "legacy" or "consolidated".
+	Arm string `json:"arm"`
+	// Method is the HTTP method (default GET).
+	Method string `json:"method,omitempty"`
+	// Path is the request path, e.g. /health.
+	Path string `json:"path"`
+	// Interval between probes (default 2s).
+	Interval caddy.Duration `json:"interval,omitempty"`
+	// Timeout of one probe (default 1s).
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// AutoRecover is a half-open state after a trip: once After has passed on
+// legacy, ProbeWeight percent of keys go back to consolidated; if its
+// window stays healthy for After, the weight before the trip returns, and
+// if a rule fires the switch trips again at once.
+type AutoRecover struct {
+	// After is both the cool-down on legacy and how long the trickle must
+	// stay healthy (default 60s).
+	After caddy.Duration `json:"after,omitempty"`
+	// ProbeWeight is the percent of keys sent to consolidated while
+	// half-open (default 1).
+	ProbeWeight int `json:"probe_weight,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.switchback",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler: its arms, its switch in the app's
+// registry, its rules and its monitor.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.ctx = ctx
+	h.logger = ctx.Logger().With(zap.String("switch", h.Name))
+	if err := h.checkConfig(); err != nil {
+		return err
+	}
+	if h.LegacyRaw == nil || h.ConsolidatedRaw == nil {
+		return fmt.Errorf("switch %s: both arms, legacy and consolidated, must have a handler", h.Name)
+	}
+	mod, err := ctx.LoadModule(h, "LegacyRaw")
+	if err != nil {
+		return fmt.Errorf("switch %s: loading legacy arm: %w", h.Name, err)
+	}
+	h.legacy = mod.(caddyhttp.MiddlewareHandler)
+	mod, err = ctx.LoadModule(h, "ConsolidatedRaw")
+	if err != nil {
+		return fmt.Errorf("switch %s: loading consolidated arm: %w", h.Name, err)
+	}
+	h.consolidated = mod.(caddyhttp.MiddlewareHandler)
+
+	h.replay = h.ReplayToLegacy == nil || *h.ReplayToLegacy
+	h.maxBody = h.ReplayMaxBody
+	if h.maxBody == 0 {
+		h.maxBody = DefaultReplayMaxBody
+	}
+
+	appIface, err := ctx.App("switchback")
+	if err != nil {
+		return fmt.Errorf("switch %s: loading switchback app: %w", h.Name, err)
+	}
+	h.app = appIface.(*App)
+
+	st := h.sticky()
+	h.stickyMode = st.Source
+	switch st.Source {
+	case "cookie":
+		h.cookieName = st.Name
+		secret := []byte(st.Secret)
+		if len(secret) == 0 {
+			if secret, err = h.app.cookieSecret(ctx); err != nil {
+				return fmt.Errorf("switch %s: %w", h.Name, err)
+			}
+		}
+		h.signer = newCookieSigner(secret)
+	case "header":
+		h.headerName = http.CanonicalHeaderKey(st.Name)
+	}
+
+	rules := h.rules()
+	sw, err := h.app.register(ctx, h)
+	if err != nil {
+		return err
+	}
+	h.sw = sw
+	win := sw.ensureWindows(rules.buckets, rules.Window/time.Duration(rules.buckets))
+	h.monitor = health.NewMonitor(health.MonitorOptions{
+		Rules:        rules.Rules,
+		Consolidated: win.consolidated,
+		Legacy:       win.legacy,
+		OnTrip:       h.tripped,
+	})
+	if h.Trip == nil || !h.Trip.Off {
+		go h.monitor.Run(ctx)
+	}
+	if h.Probe != nil {
+		h.startProbe(ctx)
+	}
+	if err := h.app.configure(ctx, sw, h); err != nil {
+		return err
+	}
+	if h.AutoRecover != nil {
+		go h.autoRecoverLoop(ctx)
+	}
+	return nil
+}
+
+// checkConfig validates the handler's own fields; it has no side effects,
+// so Validate and Provision share it.
+func (h *Handler) checkConfig() error {
+	if err := state.CheckName(h.Name); err != nil {
+		return fmt.Errorf("switch name: %w", err)
+	}
+	if h.Mode != "" {
+		if _, err := state.ParseMode(h.Mode); err != nil {
+			return fmt.Errorf("switch %s: %w", h.Name, err)
+		}
+	}
+	if err := state.CheckWeight(h.Weight); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
+	}
+	if h.Sticky != nil {
+		switch h.Sticky.Source {
+		case "", "cookie", "header", "client_ip":
+		default:
+			return fmt.Errorf("switch %s: unknown sticky source %q: want cookie, header or client_ip", h.Name, h.Sticky.Source)
+		}
+		if h.Sticky.Source == "header" && h.Sticky.Name == "" {
+			return fmt.Errorf("switch %s: sticky header needs a header name", h.Name)
+		}
+	}
+	if h.ReplayMaxBody < 0 {
+		return fmt.Errorf("switch %s: replay_max_body %d must not be negative", h.Name, h.ReplayMaxBody)
+	}
+	if err := h.rules().Validate(); err != nil {
+		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
+	if p := h.Probe; p != nil {
+		if p.Arm != armLegacy && p.Arm != armConsolidated {
+			return fmt.Errorf("switch %s: probe arm %q: want legacy or consolidated", h.Name, p.Arm)
+		}
+		if !strings.HasPrefix(p.Path, "/") {
+			return fmt.Errorf("switch %s: probe path %q must start with /", h.Name, p.Path)
+		}
+	}
+	if a := h.AutoRecover; a != nil {
+		if a.After < 0 {
+			return fmt.Errorf("switch %s: auto_recover after %s must be positive", h.Name, time.Duration(a.After))
+		}
+		if a.ProbeWeight < 0 || a.ProbeWeight > 100 {
+			return fmt.Errorf("switch %s: auto_recover probe_weight %d%% must be between 1%% and 100%%", h.Name, a.ProbeWeight)
+		}
+	}
+	for _, list := range [][]Action{h.OnTrip, h.OnRecover} {
+		for _, a := range list {
+			if err := a.check(); err != nil {
+				return fmt.Errorf("switch %s: %w", h.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Validate implements caddy.Validator.
+func (h *Handler) Validate() error { return h.checkConfig() }
+
+// Cleanup releases the switch. Goroutines stop with the config's context.
+func (h *Handler) Cleanup() error {
+	if h.sw != nil {
+		h.handlerGone()
+		_, err := switches.Delete(h.Name)
+		return err
+	}
+	return nil
+}
+
+func (h *Handler) handlerGone() {
+	h.sw.handler.CompareAndSwap(h, nil)
+}
+
+func (h *Handler) sticky() Sticky {
+	s := Sticky{Source: "cookie", Name: "sb_user", MaxAge: DefaultCookieMaxAge}
+	if h.Sticky != nil {
+		if h.Sticky.Source != "" {
+			s.Source = h.Sticky.Source
+		}
+		if h.Sticky.Name != "" {
+			s.Name = h.Sticky.Name
+		}
+		if h.Sticky.MaxAge > 0 {
+			s.MaxAge = h.Sticky.MaxAge
+		}
+		s.Secret = h.Sticky.Secret
+	}
+	return s
+}
+
+// compiledRules are the trip rules with defaults filled in.
+type compiledRules struct {
+	health.Rules
+	buckets int
+}
+
+// Defaults of the trip rules.
+const (
+	DefaultErrorRate           = 0.05
+	DefaultConsecutiveFailures = 10
+	DefaultWindow              = 10 * time.Second
+	DefaultBuckets             = 10
+	DefaultMinRequests         = 20
+)
+
+func (h *Handler) rules() compiledRules {
+	r := compiledRules{
+		Rules: health.Rules{
+			ErrorRate:           DefaultErrorRate,
+			ConsecutiveFailures: DefaultConsecutiveFailures,
+			MinRequests:         DefaultMinRequests,
+			Window:              DefaultWindow,
+		},
+		buckets: DefaultBuckets,
+	}
+	t := h.Trip
+	if t == nil {
+		return r
+	}
+	if t.ErrorRate != 0 || t.LatencyQuantile != 0 || t.ConsecutiveFailures != 0 {
+		// Rules given: only those given apply.
+		r.ErrorRate = t.ErrorRate
+		r.ConsecutiveFailures = uint64(max(t.ConsecutiveFailures, 0))
+		r.LatencyQuantile = t.LatencyQuantile
+		r.LatencyLimit = time.Duration(t.Latency)
+		if t.ConsecutiveFailures < 0 {
+			r.ConsecutiveFailures = 0
+		}
+	}
+	if t.Window != 0 {
+		r.Window = time.Duration(t.Window)
+	}
+	if t.Buckets != 0 {
+		r.buckets = t.Buckets
+	}
+	if t.MinRequests != 0 {
+		r.MinRequests = uint64(max(t.MinRequests, 0))
+	}
+	return r
+}
+
+// ServeHTTP picks an arm and serves the request there, replaying a failed
+// consolidated answer on legacy when it can.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	v := h.sw.view.Load()
+	consolidated := h.pick(v, w, r)
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !consolidated {
+		return h.serve(armLegacy, h.legacy, w, r, next, repl)
+	}
+	if !h.replay || !h.prepareReplay(r) {
+		return h.serve(armConsolidated, h.consolidated, w, r, next, repl)
+	}
+
+	rec := getRecorder(w, true)
+	defer putRecorder(rec)
+	start := time.Now()
+	setArm(repl, armConsolidated)
+	err := h.consolidated.ServeHTTP(rec, r, next)
+	failed := err != nil || rec.status >= 500
+	h.observe(armConsolidated, start, rec, failed)
+	if !failed || rec.sent {
+		return err
+	}
+	// The consolidated answer never reached the client: drop it and let
+	// legacy answer instead.
+	h.sw.metrics.replays.Inc()
+	if b, ok := r.Body.(*replayBody); ok {
+		b.rewind()
+	}
+	if repl != nil {
+		repl.Set("http.switchback.replayed", true)
+	}
+	return h.serve(armLegacy, h.legacy, w, r, next, repl)
+}
+
+// serve runs one arm and observes its result.
+func (h *Handler) serve(arm string, hd caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
+	setArm(repl, arm)
+	rec := getRecorder(w, false)
+	defer putRecorder(rec)
+	start := time.Now()
+	err := hd.ServeHTTP(rec, r, next)
+	h.observe(arm, start, rec, err != nil || rec.status >= 500)
+	return err
+}
+
+func setArm(repl *caddy.Replacer, arm string) {
+	if repl != nil {
+		repl.Set("http.switchback.arm", arm)
+	}
+}
+
+// observe records one answer in the arm's window and counters, and lets
+// the monitor judge consolidated's.
+func (h *Handler) observe(arm string, start time.Time, rec *recorder, failed bool) {
+	end := rec.firstByte
+	if end.IsZero() {
+		end = time.Now()
+	}
+	latency := end.Sub(start)
+	now := end.UnixNano()
+	i := armIndex(arm)
+	h.sw.metrics.requests[i].Inc()
+	if failed {
+		h.sw.metrics.failures[i].Inc()
+	}
+	win := h.sw.win.Load()
+	win.arm(arm).Observe(now, latency, failed)
+	if arm == armConsolidated {
+		h.monitor.Observed(now, failed, latency)
+	}
+}
+
+// pick says whether the request goes to consolidated.
+func (h *Handler) pick(v *view, w http.ResponseWriter, r *http.Request) bool {
+	switch v.mode {
+	case state.ModeLegacy:
+		return false
+	case state.ModeConsolidated:
+		return true
+	}
+	if v.threshold == 0 {
+		return false
+	}
+	if v.threshold >= buckets {
+		return true
+	}
+	key, ok := h.stickyKey(w, r)
+	if !ok {
+		return pickRandom(v.threshold)
+	}
+	return pickConsolidated(h.sw.salt, key, v.threshold)
+}
+
+// stickyKey finds the request's sticky key. With cookies, a request with
+// no valid signed cookie gets a new key and a Set-Cookie for it.
+func (h *Handler) stickyKey(w http.ResponseWriter, r *http.Request) (string, bool) {
+	switch h.stickyMode {
+	case "header":
+		if v := r.Header[h.headerName]; len(v) > 0 && v[0] != "" {
+			return v[0], true
+		}
+		return "", false
+	case "client_ip":
+		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+			return ip, true
+		}
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		return host, err == nil && host != ""
+	}
+	if val, ok := findCookie(r.Header, h.cookieName); ok {
+		if key, ok := h.signer.verify(val); ok {
+			return key, true
+		}
+	}
+	key, val := h.signer.issue()
+	http.SetCookie(w, &http.Cookie{
+		Name:     h.cookieName,
+		Value:    val,
+		Path:     "/",
+		MaxAge:   int(time.Duration(h.sticky().MaxAge).Seconds()),
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteLaxMode,
+	})
+	return key, true
+}
+
+// replayBody is a request body buffered in memory so the request can be
+// sent a second time.
+type replayBody struct {
+	*bytes.Reader
+	buf []byte
+}
+
+func (b *replayBody) Close() error { return nil }
+func (b *replayBody) rewind()      { b.Reset(b.buf) }
+
+// prepareReplay makes the request replayable if it can be: a request with
+// no body always can; one whose body fits in replay_max_body is buffered.
+// Idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) rarely carry a body,
+// but when they do it is buffered the same way, since a body already read
+// by consolidated cannot be sent again otherwise.
+func (h *Handler) prepareReplay(r *http.Request) bool {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "" {
+		return true
+	}
+	if r.ContentLength > h.maxBody {
+		return false
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, h.maxBody+1))
+	if err != nil || int64(len(buf)) > h.maxBody {
+		// Too large (or unreadable): hand on what was read, then the rest.
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+		return false
+	}
+	r.Body.Close()
+	r.Body = &replayBody{Reader: bytes.NewReader(buf), buf: buf}
+	r.GetBody = func() (io.ReadCloser, error) { return &replayBody{Reader: bytes.NewReader(buf), buf: buf}, nil }
+	return true
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,292 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/state"
+)
+
+// Arms.
+const (
+	armLegacy       = "legacy"
+	armConsolidated = "consolidated"
+)
+
+// view is what the request path reads about a switch. It is immutable and
+// swapped as a whole, so a request sees one consistent mode and weight
+// without a lock.
+type view struct {
+	mode      state.Mode
+	weight    int
+	threshold uint32
+}
+
+// windows are a switch's two sliding windows, swapped as a pair when the
+// window size in the config changes.
+type windows struct {
+	legacy, consolidated *health.Window
+	buckets              int
+	width                time.Duration
+}
+
+// Switch is the live state of one named switch. It lives in the switches
+// UsagePool, keyed by name, so it outlives config reloads: a reload keeps
+// its mode, weight, windows and counters.
+type Switch struct {
+	name string
+	salt uint64
+
+	view atomic.Pointer[view]
+	win  atomic.Pointer[windows]
+
+	// handler is the handler of the config now in force, for trip actions
+	// and rules. A reload swaps it.
+	handler atomic.Pointer[Handler]
+
+	metrics *switchMetrics
+
+	mu      sync.Mutex   // guards the fields below
+	rec     state.Switch // last known durable record
+	pending bool         // rec has changes the store has not taken yet
+}
+
+func newSwitch(name string) *Switch {
+	sw := &Switch{name: name, salt: saltFor(name)}
+	sw.view.Store(&view{mode: state.ModeLegacy})
+	sw.metrics = newSwitchMetrics(sw)
+	return sw
+}
+
+// Destruct implements caddy.Destructor: the last config using the switch
+// is gone.
+func (sw *Switch) Destruct() error {
+	sw.metrics.set.UnregisterAllMetrics()
+	return nil
+}
+
+// Name is the switch's name.
+func (sw *Switch) Name() string { return sw.name }
+
+// ensureWindows makes the windows match the configured size, keeping the
+// current ones when they already do.
+func (sw *Switch) ensureWindows(buckets int, width time.Duration) *windows {
+	if w := sw.win.Load(); w != nil && w.buckets == buckets && w.width == width {
+		return w
+	}
+	w := &windows{
+		legacy:       health.NewWindow(health.WindowOptions{Buckets: buckets, Width: width}),
+		consolidated: health.NewWindow(health.WindowOptions{Buckets: buckets, Width: width}),
+		buckets:      buckets,
+		width:        width,
+	}
+	sw.win.Store(w)
+	return w
+}
+
+// Record returns a copy of the switch's last known durable record.
+func (sw *Switch) Record() (state.Switch, bool) {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	rec := sw.rec
+	rec.History = append([]state.Event(nil), rec.History...)
+	return rec, sw.pending
+}
+
+// apply makes rec the switch's state. Callers hold sw.mu.
+func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
+	prevTripped := sw.rec.Tripped
+	sw.rec = rec
+	sw.pending = pending
+	sw.view.Store(&view{mode: rec.Mode, weight: rec.Weight, threshold: threshold(rec.Weight)})
+	if h := sw.handler.Load(); h != nil && h.monitor != nil {
+		if rec.Mode != state.ModeLegacy && !h.monitor.Armed() {
+			// Traffic can reach consolidated again (a reset, a half-open
+			// state, or a change on another gateway): watch it afresh.
+			if w := sw.win.Load(); w != nil {
+				w.consolidated.Reset()
+			}
+			h.monitor.Rearm()
+		}
+		if rec.Tripped && rec.Mode == state.ModeLegacy && !prevTripped {
+			h.noteRemoteTrip(rec)
+		}
+	}
+}
+
+// change applies fn to the switch's state, first in memory so that the next
+// request sees it, then in the store. It returns the record as stored.
+func (sw *Switch) change(ctx context.Context, app *App, fn func(cur *state.Switch) bool) (state.Switch, error) {
+	if !sw.changeLocal(fn) {
+		rec, _ := sw.Record()
+		return rec, nil
+	}
+	return sw.persist(ctx, app, fn)
+}
+
+// changeLocal applies fn to the in-memory state and marks it pending. It
+// reports whether fn changed anything.
+func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	next := sw.rec
+	next.History = append([]state.Event(nil), next.History...)
+	if !fn(&next) {
+		return false
+	}
+	sw.applyLocked(next, true)
+	return true
+}
+
+// persist writes a change made by changeLocal with CAS. If another writer
+// changed the store first, fn is applied again to what it wrote
+// (re-decide). If the store cannot be reached the change stays in memory,
+// pending, and the app's sync loop writes it when the store returns; the
+// returned error then wraps state.ErrUnavailable.
+func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Switch) bool) (state.Switch, error) {
+	mine, _ := sw.Record()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	written, err := state.UpdateSwitch(wctx, app.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
+		if !exists {
+			return mine, true
+		}
+		if cur.Supersedes(mine) {
+			// Someone wrote after us: re-decide on their record.
+			n := cur
+			n.History = append([]state.Event(nil), cur.History...)
+			if !fn(&n) {
+				return cur, false
+			}
+			return n, true
+		}
+		return mine, !sameState(cur, mine)
+	})
+	if err != nil {
+		app.storeFailed(err)
+		return mine, fmt.Errorf("%w: the change holds on this gateway and will be written when the store returns: %v", state.ErrUnavailable, err)
+	}
+	app.storeOK()
+	sw.mu.Lock()
+	if !sw.rec.Supersedes(written) {
+		sw.applyLocked(written, false)
+	}
+	sw.mu.Unlock()
+	return written, nil
+}
+
+// adopt takes a record read from the store, unless this gateway holds a
+// pending change that supersedes it. It reports whether the local pending
+// record should be written back instead.
+func (sw *Switch) adopt(rec state.Switch) (writeBack bool) {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.pending {
+		if sw.rec.Supersedes(rec) {
+			return true
+		}
+	} else if sameState(sw.rec, rec) {
+		return false
+	}
+	sw.applyLocked(rec, false)
+	return false
+}
+
+func sameState(a, b state.Switch) bool {
+	return a.Mode == b.Mode && a.Weight == b.Weight && a.Since.Equal(b.Since) &&
+		a.Tripped == b.Tripped && a.LegacyUnhealthy == b.LegacyUnhealthy && len(a.History) == len(b.History)
+}
+
+// switchMetrics are a switch's Prometheus series. Counters are atomic, so
+// the request path only increments them.
+type switchMetrics struct {
+	set *metrics.Set
+
+	requests, failures [2]*metrics.Counter // by arm index
+	replays            *metrics.Counter
+	trips              map[string]*metrics.Counter // by rule
+	tripsMu            sync.Mutex
+}
+
+func armIndex(arm string) int {
+	if arm == armConsolidated {
+		return 1
+	}
+	return 0
+}
+
+func newSwitchMetrics(sw *Switch) *switchMetrics {
+	m := &switchMetrics{set: metrics.NewSet(), trips: make(map[string]*metrics.Counter)}
+	for i, arm := range []string{armLegacy, armConsolidated} {
+		labels := fmt.Sprintf(`{switch=%q,arm=%q}`, sw.name, arm)
+		m.requests[i] = m.set.NewCounter("switchback_requests_total" + labels)
+		m.failures[i] = m.set.NewCounter("switchback_failures_total" + labels)
+		m.set.NewGauge("switchback_window_error_rate"+labels, func() float64 {
+			if w := sw.win.Load(); w != nil {
+				return w.arm(arm).Stats(time.Now().UnixNano()).ErrorRate
+			}
+			return 0
+		})
+		m.set.NewGauge("switchback_window_p99_seconds"+labels, func() float64 {
+			if w := sw.win.Load(); w != nil {
+				return w.arm(arm).Stats(time.Now().UnixNano()).P99.Seconds()
+			}
+			return 0
+		})
+	}
+	sl := fmt.Sprintf(`{switch=%q}`, sw.name)
+	m.replays = m.set.NewCounter("switchback_replays_total" + sl)
+	m.set.NewGauge("switchback_weight"+sl, func() float64 { return float64(sw.view.Load().weight) })
+	for _, mode := range []state.Mode{state.ModeSplit, state.ModeLegacy, state.ModeConsolidated} {
+		m.set.NewGauge(fmt.Sprintf(`switchback_mode{switch=%q,mode=%q}`, sw.name, mode), func() float64 {
+			if sw.view.Load().mode == mode {
+				return 1
+			}
+			return 0
+		})
+	}
+	m.set.NewGauge("switchback_tripped"+sl, func() float64 {
+		rec, _ := sw.Record()
+		return b2f(rec.Tripped)
+	})
+	m.set.NewGauge("switchback_legacy_unhealthy"+sl, func() float64 {
+		rec, _ := sw.Record()
+		return b2f(rec.LegacyUnhealthy)
+	})
+	for _, rule := range []string{"error_rate", "latency", "consecutive_failures"} {
+		m.trip(sw.name, rule)
+	}
+	return m
+}
+
+// trip returns the trips_total counter of a rule.
+func (m *switchMetrics) trip(name, rule string) *metrics.Counter {
+	m.tripsMu.Lock()
+	defer m.tripsMu.Unlock()
+	c, ok := m.trips[rule]
+	if !ok {
+		c = m.set.NewCounter(fmt.Sprintf(`switchback_trips_total{switch=%q,rule=%q}`, name, rule))
+		m.trips[rule] = c
+	}
+	return c
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (w *windows) arm(arm string) *health.Window {
+	if arm == armConsolidated {
+		return w.consolidated
+	}
+	return w.legacy
+}

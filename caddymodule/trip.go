@@ -1,0 +1,201 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/state"
+)
+
+// tripped is the monitor's OnTrip: a rule fired on consolidated. The switch
+// goes to legacy in memory at once, on the goroutine that saw the failure,
+// so the very next request is served by legacy; writing the store, events,
+// logs and actions follow on their own goroutine.
+func (h *Handler) tripped(v health.Verdict) {
+	now := time.Now().UTC()
+	legacyBad, legacyWhy := h.legacyHealth(now)
+	trip := func(cur *state.Switch) bool {
+		if cur.Mode == state.ModeLegacy && cur.Tripped {
+			return false // tripped already, here or elsewhere
+		}
+		if !cur.Tripped {
+			cur.RecoverWeight = cur.Weight
+		}
+		cur.Mode, cur.Tripped, cur.Rule, cur.Reason = state.ModeLegacy, true, v.Rule, v.Reason
+		cur.By, cur.Gateway, cur.Since = "trip "+v.Rule, h.app.gateway, now
+		cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = legacyBad, legacyWhy
+		cur.Record(state.Event{Kind: "trip", Mode: state.ModeLegacy, Weight: cur.Weight, Rule: v.Rule, Reason: v.Reason, By: cur.By, Gateway: h.app.gateway, At: now})
+		return true
+	}
+	if !h.sw.changeLocal(trip) {
+		return
+	}
+	h.sw.metrics.trip(h.Name, v.Rule).Inc()
+	go func() {
+		fields := []zap.Field{zap.String("rule", v.Rule), zap.String("reason", v.Reason), zap.String("gateway", h.app.gateway)}
+		if legacyBad {
+			h.logger.Error("switch tripped to legacy, but LEGACY ALSO UNHEALTHY", append(fields, zap.String("legacy", legacyWhy))...)
+		} else {
+			h.logger.Error("switch tripped to legacy", fields...)
+		}
+		if _, err := h.sw.persist(h.ctx, h.app, trip); err != nil {
+			h.logger.Error("trip not yet written to the state store", zap.Error(err))
+		}
+		data := map[string]any{"switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
+		h.app.emit("switchback.tripped", data)
+		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
+	}()
+}
+
+// legacyHealth says whether legacy is failing too, by its window and its
+// probe, with a reason for the record.
+func (h *Handler) legacyHealth(now time.Time) (bool, string) {
+	if bad, why := h.monitor.LegacyUnhealthy(now.UnixNano()); bad {
+		return true, "legacy also unhealthy: " + why
+	}
+	if h.probe != nil && h.Probe.Arm == armLegacy && !h.probe.Healthy() {
+		return true, fmt.Sprintf("legacy also unhealthy: probe %s %s: %s", h.probe.Method, h.Probe.Path, h.probe.LastError())
+	}
+	return false, ""
+}
+
+// noteRemoteTrip logs a trip that another gateway made.
+func (h *Handler) noteRemoteTrip(rec state.Switch) {
+	if rec.Gateway == h.app.gateway {
+		return
+	}
+	h.logger.Warn("switch tripped on another gateway; following it to legacy",
+		zap.String("gateway", rec.Gateway), zap.String("reason", rec.Reason))
+}
+
+// autoRecoverLoop runs the half-open cycle of auto_recover for the config's
+// lifetime: after a trip, legacy serves alone for After; then ProbeWeight
+// percent of keys try consolidated; if the window stays healthy for After,
+// the weight before the trip returns. A rule firing while half-open trips
+// the switch again at once (through the monitor, as any trip).
+func (h *Handler) autoRecoverLoop(ctx context.Context) {
+	after := time.Duration(h.AutoRecover.After)
+	if after <= 0 {
+		after = 60 * time.Second
+	}
+	probeWeight := h.AutoRecover.ProbeWeight
+	if probeWeight == 0 {
+		probeWeight = 1
+	}
+	tick := time.NewTicker(min(after/10, 500*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		rec, _ := h.sw.Record()
+		if !rec.Tripped || time.Since(rec.Since) < after {
+			continue
+		}
+		now := time.Now().UTC()
+		switch rec.Mode {
+		case state.ModeLegacy:
+			h.sw.win.Load().consolidated.Reset()
+			_, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+				if !cur.Tripped || cur.Mode != state.ModeLegacy || !cur.Since.Equal(rec.Since) {
+					return false
+				}
+				cur.Mode, cur.Weight, cur.Since, cur.By, cur.Gateway = state.ModeSplit, probeWeight, now, "auto_recover", h.app.gateway
+				cur.Reason = fmt.Sprintf("auto_recover: half-open, %d%% to consolidated for %s", probeWeight, after)
+				cur.Record(state.Event{Kind: "half_open", Mode: cur.Mode, Weight: cur.Weight, Reason: cur.Reason, By: cur.By, Gateway: cur.Gateway, At: now})
+				return true
+			})
+			h.monitor.Rearm()
+			h.logger.Warn("auto_recover: half-open", zap.Int("probe_weight", probeWeight), zap.Error(err))
+		case state.ModeSplit:
+			st := h.sw.win.Load().consolidated.Stats(now.UnixNano())
+			if !h.monitor.Armed() || st.Requests == 0 {
+				continue // tripped again, or nothing to judge yet
+			}
+			if _, bad := h.rules().Evaluate(st); bad {
+				continue // the monitor trips it
+			}
+			recovered, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+				if !cur.Tripped || cur.Mode != state.ModeSplit || !cur.Since.Equal(rec.Since) {
+					return false
+				}
+				cur.Weight, cur.Tripped, cur.Rule = cur.RecoverWeight, false, ""
+				cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = false, ""
+				cur.Since, cur.By, cur.Gateway = now, "auto_recover", h.app.gateway
+				cur.Reason = fmt.Sprintf("auto_recover: consolidated healthy for %s (n=%d)", after, st.Requests)
+				cur.Record(state.Event{Kind: "recover", Mode: cur.Mode, Weight: cur.Weight, Reason: cur.Reason, By: cur.By, Gateway: cur.Gateway, At: now})
+				return true
+			})
+			if err == nil || recovered.Tripped == false {
+				h.recovered(ctx, recovered)
+			}
+		}
+	}
+}
+
+// recovered logs, emits and runs on_recover after a recovery on this
+// gateway.
+func (h *Handler) recovered(ctx context.Context, rec state.Switch) {
+	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
+	data := map[string]any{"switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
+	h.app.emit("switchback.recovered", data)
+	go h.runActions(h.ctx, "on_recover", h.OnRecover, data)
+}
+
+// startProbe starts the active probe of an arm. The probe is sent through
+// the arm's own handler chain rather than to an address, so it checks what
+// users of that arm would get, through the same reverse_proxy and options.
+func (h *Handler) startProbe(ctx caddy.Context) {
+	arm := h.legacy
+	if h.Probe.Arm == armConsolidated {
+		arm = h.consolidated
+	}
+	method := h.Probe.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	interval, timeout := time.Duration(h.Probe.Interval), time.Duration(h.Probe.Timeout)
+	if interval <= 0 {
+		interval = 2 * time.Second
+	}
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	h.probe = &health.Probe{
+		Method:   method,
+		URL:      "http://switchback-probe" + h.Probe.Path,
+		Interval: interval,
+		Timeout:  timeout,
+		Client:   &http.Client{Transport: armTransport{arm: arm}, Timeout: timeout},
+	}
+	go h.probe.Run(ctx)
+}
+
+// armTransport is an http.RoundTripper that serves a request with an arm's
+// handler chain in process.
+type armTransport struct {
+	arm caddyhttp.MiddlewareHandler
+}
+
+func (t armTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	w := httptest.NewRecorder()
+	repl := caddy.NewReplacer()
+	r = caddyhttp.PrepareRequest(r, repl, w, nil)
+	err := t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("arm did not answer the probe"))
+	}))
+	if err != nil {
+		return nil, err
+	}
+	return w.Result(), nil
+}
