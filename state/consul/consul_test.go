@@ -698,3 +698,47 @@ func TestLeaderLoss(t *testing.T) {
 		t.Logf("the lock survived the election (its session lives in raft)")
 	}
 }
+
+func TestLockLostWhenConsulGoes(t *testing.T) {
+	agent := consultest.Start(t)
+	s := open(t, agent.Addr, freshPrefix(), consul.Options{})
+	l, err := s.Lock(context.Background(), state.RestoreLock, []byte("gw-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	agent.Stop()
+	select {
+	case <-l.Lost():
+		t.Logf("Lost closed %s after the agent stopped", time.Since(stopped).Round(time.Millisecond))
+	case <-time.After(time.Duration(consul.DefaultLockMonitorRetries+5) * time.Second):
+		t.Fatal("Lost did not close while Consul was unreachable")
+	}
+	if err := l.Unlock(); !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("Unlock with Consul down: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestLockDoesNotWait(t *testing.T) {
+	agent := consultest.Start(t)
+	prefix := freshPrefix()
+	a := open(t, agent.Addr, prefix, consul.Options{})
+	b := open(t, agent.Addr, prefix, consul.Options{LockWaitTime: 10 * time.Second})
+	l, err := a.Lock(context.Background(), state.RestoreLock, []byte("gw-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	start := time.Now()
+	if _, err := b.Lock(context.Background(), state.RestoreLock, []byte("gw-2")); !errors.Is(err, state.ErrLockHeld) {
+		t.Fatalf("Lock of a held lock: %v, want ErrLockHeld", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("Lock of a held lock took %s; it must not wait out LockWaitTime", took)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := b.Lock(ctx, state.RestoreLock, []byte("gw-2")); err != context.Canceled {
+		t.Fatalf("Lock with a canceled context: %v, want context.Canceled", err)
+	}
+}

@@ -14,13 +14,15 @@ import (
 
 // Lock implements state.Store with api.Lock on "<prefix>/locks/<name>".
 //
-// It creates a session (TTL Options.LockSessionTTL, lock-delay
-// Options.LockDelay, behavior "release"), renews it in the background, and
-// tries the lock once, looking at a held lock for at most
-// Options.LockWaitTime. If someone else holds it, or it is within the
-// lock-delay of a holder whose session was invalidated, Lock returns a
-// *state.LockHeldError whose Holder is the key's value: the holder
-// description of whoever holds or last held the lock.
+// If the key is held, Lock returns a *state.LockHeldError at once, whose
+// Holder is the key's value: the holder's description. Otherwise it creates
+// a session (TTL Options.LockSessionTTL, lock-delay Options.LockDelay,
+// behavior "release"), renews it in the background, and tries the lock
+// once. If another client took it in the meantime, or a lock-delay is in
+// effect after a holder's session was invalidated, the try gives up after
+// Options.LockWaitTime with a *state.LockHeldError naming whoever holds or
+// last held the lock. ctx bounds the requests Lock makes itself; the try
+// inside api.Lock takes no context and is bounded by LockWaitTime.
 //
 // It is NOT safe to assume the lock is held until Unlock; see the package
 // documentation and watch Lost.
@@ -32,6 +34,13 @@ func (s *Store) Lock(ctx context.Context, name string, holder []byte) (state.Loc
 		return nil, fmt.Errorf("lock %s: holder description is %d bytes, over the %d byte limit", name, len(holder), state.MaxValueSize)
 	}
 	key := s.kvKey(state.NSLocks, name)
+	held, err := s.lockHolder(ctx, name, key, true)
+	if err != nil {
+		return nil, err
+	}
+	if held != nil {
+		return nil, held
+	}
 
 	q, cancel := s.request(ctx)
 	w := (&api.WriteOptions{}).WithContext(q.Context())
@@ -91,15 +100,9 @@ func (s *Store) Lock(ctx context.Context, name string, holder []byte) (state.Loc
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		q, cancel := s.request(ctx)
-		defer cancel()
-		p, _, err := s.kv.Get(key, q)
+		held, err := s.lockHolder(ctx, name, key, false)
 		if err != nil {
-			return nil, s.fail(ctx, "lock", name, fmt.Errorf("reading holder: %w", err))
-		}
-		held := &state.LockHeldError{Name: name}
-		if p != nil {
-			held.Holder = p.Value
+			return nil, err
 		}
 		return nil, held
 	}
@@ -108,6 +111,26 @@ func (s *Store) Lock(ctx context.Context, name string, holder []byte) (state.Loc
 	s.locks[l] = struct{}{}
 	s.mu.Unlock()
 	return l, nil
+}
+
+// lockHolder reads the lock key and returns who holds it. With onlyHeld,
+// a key no session holds returns nil; otherwise the key's last holder is
+// named.
+func (s *Store) lockHolder(ctx context.Context, name, key string, onlyHeld bool) (*state.LockHeldError, error) {
+	q, cancel := s.request(ctx)
+	defer cancel()
+	p, _, err := s.kv.Get(key, q)
+	if err != nil {
+		return nil, s.fail(ctx, "lock", name, fmt.Errorf("reading holder: %w", err))
+	}
+	if onlyHeld && (p == nil || p.Session == "") {
+		return nil, nil
+	}
+	held := &state.LockHeldError{Name: name}
+	if p != nil {
+		held.Holder = p.Value
+	}
+	return held, nil
 }
 
 // lock is a held Consul lock.
