@@ -30,28 +30,48 @@ func BenchmarkObserveParallel(b *testing.B) {
 }
 
 func BenchmarkMonitorObserved(b *testing.B) {
-	m := NewMonitor(MonitorOptions{Rules: Rules{
-		ErrorRate:           0.5,
+	rules := Rules{
+		ErrorRate:           0.99,
 		LatencyQuantile:     0.99,
 		LatencyLimit:        100 * time.Millisecond,
-		ConsecutiveFailures: 1000,
+		ConsecutiveFailures: 1 << 40,
 		MinRequests:         10,
 		Window:              10 * time.Second,
-	}})
-	w := m.Consolidated()
-	now := time.Now().UnixNano()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		t := now + int64(i)*1000
-		lat := time.Duration(i&1023) * time.Millisecond / 16 // up to 64ms: under the limit
-		failed := i&63 == 0
-		w.Observe(t, lat, failed)
-		m.Observed(t, failed, lat)
-		i++
 	}
-	if !m.Armed() {
-		b.Fatal("monitor tripped during the benchmark")
+	tests := []struct {
+		name    string
+		observe bool // also call Window.Observe, as the handler does
+		failed  func(i int) bool
+	}{
+		{"successes", false, func(i int) bool { return false }},
+		{"1pct failures", false, func(i int) bool { return i%100 == 0 }},
+		{"all failures", false, func(i int) bool { return true }},
+		{"with Observe", true, func(i int) bool { return i%100 == 0 }},
+	}
+	for _, tt := range tests {
+		b.Run(tt.name, func(b *testing.B) {
+			m := NewMonitor(MonitorOptions{Rules: rules})
+			w := m.Consolidated()
+			now := time.Now().UnixNano()
+			for i := range 1000 { // a healthy window
+				w.Observe(now+int64(i), time.Millisecond, false)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				t := now + int64(i)*1000
+				lat := time.Duration(i&1023) * time.Millisecond / 16 // up to 64ms: under the limit
+				failed := tt.failed(i)
+				if tt.observe {
+					w.Observe(t, lat, failed)
+				}
+				m.Observed(t, failed, lat)
+				i++
+			}
+			if !m.Armed() {
+				b.Fatal("monitor tripped during the benchmark")
+			}
+		})
 	}
 }
 

@@ -7,30 +7,35 @@
 //
 // A Window counts requests, failures and latencies over a sliding window
 // of time: a ring of Buckets buckets (default 10) of Width each (default
-// 1s). Time is split into epochs of Width, numbered now/Width, and epoch
-// e lives in bucket e mod (Buckets+1): the ring has one spare bucket, that
-// Advance (called by Monitor.Run) zeroes ahead of time for the next
-// epoch, so the request path rarely has to. The caller passes now to every method,
-// which makes the clock injectable and keeps the hot path from reading it
-// twice. Stats at now sums the buckets whose epoch lies in the last
-// Buckets epochs up to now's, so an observation leaves the window between
-// (Buckets-1)×Width and Buckets×Width after it was made: with 10×1s, one
-// 9s old is still in, one 10.5s old is gone.
+// 1s). Time is split into epochs of Width, numbered now/Width. The caller
+// passes now to every method, which makes the clock injectable and spares
+// the request path a second clock read. Stats at now sums the buckets
+// whose epoch is one of the last Buckets epochs up to now's, so an
+// observation leaves the window between (Buckets-1)×Width and
+// Buckets×Width after it was made: with 10×1s, one 9s old is still in,
+// one 10.5s old is gone.
 //
-// Observe is lock-free and does not allocate. Each bucket
-// holds an atomic epoch next to its counters. An observer that finds its
-// bucket holding an older epoch rotates it: it swaps the epoch for a
-// "rotating" marker with compare-and-swap, zeroes the counters, and
-// stores the new epoch. Only the winner of the CAS zeroes; the others see
-// the marker or the new epoch. These races are accepted and bounded:
+// The ring holds one bucket more than the window, and epoch e lives in
+// bucket e mod (Buckets+1). The spare bucket holds an epoch already out of
+// the window, so Advance (which Monitor.Run calls every 100ms) can zero it
+// ahead of time for the next epoch, and the request path seldom has to.
+//
+// Observe is lock-free and does not allocate. Each bucket holds an atomic
+// epoch next to its counters. An observer that finds its bucket holding an
+// older epoch rotates it: it swaps the epoch for a "rotating" marker with
+// compare-and-swap, zeroes the counters, and stores the new epoch. Only
+// the winner of the CAS zeroes; the others see the marker or the new
+// epoch. These races are accepted:
 //
 //   - An observation that arrives while its bucket is being rotated is
-//     left out of the window (it still counts in the lifetime totals).
-//   - An observer that checked the epoch just before a rotation and adds
-//     just after it counts its observation in the new epoch. It must
-//     have stalled a whole Width for that to happen.
-//   - A reader summing the window while a bucket rotates may see part of
-//     it zeroed.
+//     left out of the window. It still counts in the lifetime totals.
+//   - An observer that read its bucket's epoch just before a rotation and
+//     adds just after it counts its observation in the new epoch. It must
+//     have stalled for most of the window for that to happen.
+//   - A reader summing the window while a bucket rotates or while
+//     observers add may see a bucket half zeroed, or a failure counted
+//     before its request.
+//   - An observation racing with Reset may or may not survive it.
 //
 // Counters are only ever added to or zeroed, so they never go negative,
 // and readers clamp failures to requests, so an error rate is always in

