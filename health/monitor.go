@@ -91,6 +91,9 @@ func NewMonitor(opts MonitorOptions) *Monitor {
 // Consolidated returns the window the rules guard.
 func (m *Monitor) Consolidated() *Window { return m.consolidated }
 
+// Legacy returns the legacy arm's window, or nil if none was given.
+func (m *Monitor) Legacy() *Window { return m.legacy }
+
 // Rules returns the rules the Monitor enforces.
 func (m *Monitor) Rules() Rules { return m.rules }
 

@@ -41,8 +41,9 @@ type Rules struct {
 	ConsecutiveFailures uint64
 
 	// MinRequests is the number of requests the window must hold before
-	// the error rate and latency rules may trip (0: any number). It does
-	// not gate ConsecutiveFailures.
+	// the error rate and latency rules may trip. Zero means any number,
+	// so that a single slow or failed request can trip them. It does not
+	// gate ConsecutiveFailures.
 	MinRequests uint64
 
 	// Window is the time the error rate and latency rules look back over.
