@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 )
 
 // MigrateNamespaces are the namespaces Migrate copies, in order. Locks are
@@ -69,6 +70,21 @@ func (r MigrateReport) Total() MigrateCounts {
 	return t
 }
 
+// String summarizes the report on one line per namespace.
+func (r MigrateReport) String() string {
+	var b strings.Builder
+	if r.DryRun {
+		b.WriteString("dry run, nothing written\n")
+	}
+	for _, c := range r.Namespaces {
+		fmt.Fprintf(&b, "%s: %d copied, %d unchanged, %d kept\n", c.Namespace, c.Copied, c.Unchanged, c.Kept)
+	}
+	for _, c := range r.Conflicts {
+		fmt.Fprintf(&b, "kept %s: %s\n", c.Key, c.Reason)
+	}
+	return b.String()
+}
+
 // Migrate copies every switch, point record and operation record from one
 // store to another, such as from a single host's local store to the
 // fleet's Consul.
@@ -96,8 +112,18 @@ func Migrate(ctx context.Context, from, to Store, opts MigrateOptions) (MigrateR
 			r.Namespaces = append(r.Namespaces, counts)
 			return r, fmt.Errorf("reading %s from %s: %w", ns, from.Describe(), err)
 		}
+		existing, err := to.List(ctx, ns)
+		if err != nil {
+			r.Namespaces = append(r.Namespaces, counts)
+			return r, fmt.Errorf("reading %s from %s: %w", ns, to.Describe(), err)
+		}
+		dst := make(map[string]Entry, len(existing))
+		for _, e := range existing {
+			dst[e.Key] = e
+		}
 		for _, e := range entries {
-			out, reason, err := migrateEntry(ctx, to, ns, e, opts.DryRun)
+			d, ok := dst[e.Key]
+			out, reason, err := migrateEntry(ctx, to, ns, e, d, ok, opts.DryRun)
 			if err != nil {
 				if errors.Is(err, errSkip) {
 					skipped = append(skipped, err)
@@ -136,18 +162,23 @@ var errSkip = errors.New("skipped")
 // migrateAttempts bounds the re-reads after losing a CAS race.
 const migrateAttempts = 10
 
-// migrateEntry brings one source entry into to and says what it did.
-func migrateEntry(ctx context.Context, to Store, ns string, src Entry, dryRun bool) (outcome, string, error) {
+// migrateEntry brings one source entry into to and says what it did. dst
+// is the destination's entry as listed, if exists; after a lost CAS race it
+// is read again.
+func migrateEntry(ctx context.Context, to Store, ns string, src, dst Entry, exists, dryRun bool) (outcome, string, error) {
 	if ns == NSSwitches {
 		if _, err := DecodeSwitch(src.Value); err != nil {
 			return 0, "", fmt.Errorf("source %s: %w: %w", src.Key, err, errSkip)
 		}
 	}
-	for range migrateAttempts {
-		dst, err := to.Get(ctx, src.Key)
-		exists := err == nil
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return 0, "", fmt.Errorf("reading %s from %s: %w", src.Key, to.Describe(), err)
+	for attempt := range migrateAttempts {
+		if attempt > 0 {
+			var err error
+			dst, err = to.Get(ctx, src.Key)
+			exists = err == nil
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return 0, "", fmt.Errorf("reading %s from %s: %w", src.Key, to.Describe(), err)
+			}
 		}
 		var version uint64
 		switch {
@@ -165,7 +196,7 @@ func migrateEntry(ctx context.Context, to Store, ns string, src Entry, dryRun bo
 		if dryRun {
 			return outcomeCopied, "", nil
 		}
-		_, err = to.CAS(ctx, src.Key, src.Value, version)
+		_, err := to.CAS(ctx, src.Key, src.Value, version)
 		if err == nil {
 			return outcomeCopied, "", nil
 		}

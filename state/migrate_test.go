@@ -246,3 +246,43 @@ func TestMigrateLocalToConsul(t *testing.T) {
 		t.Fatalf("re-run: %+v, want all %d unchanged", got, len(src))
 	}
 }
+
+// racingStore writes a newer switch just before Migrate's first CAS, as a
+// gateway using the destination might.
+type racingStore struct {
+	state.Store
+	newer []byte
+	raced bool
+}
+
+func (s *racingStore) CAS(ctx context.Context, key string, value []byte, version uint64) (uint64, error) {
+	if !s.raced {
+		s.raced = true
+		if _, err := s.Store.Put(ctx, key, s.newer); err != nil {
+			return 0, err
+		}
+	}
+	return s.Store.CAS(ctx, key, value, version)
+}
+
+func TestMigrateLosesRace(t *testing.T) {
+	ctx := context.Background()
+	from := openLocal(t, "from")
+	older := switchJSON(t, state.ModeSplit, 30, t0)
+	newer := switchJSON(t, state.ModeLegacy, 0, t0.Add(time.Hour))
+	put(t, from, map[string]string{"switches/main": older})
+	to := &racingStore{Store: openLocal(t, "to"), newer: []byte(newer)}
+	r, err := state.Migrate(ctx, from, to, state.MigrateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Total(); got.Kept != 1 || got.Copied != 0 {
+		t.Fatalf("counts = %+v, want the racing newer switch kept", got)
+	}
+	if got := dump(t, to)["switches/main"]; got != newer {
+		t.Fatalf("destination switch = %s, want the newer one written during the migration", got)
+	}
+	if s := r.String(); !strings.Contains(s, "switches: 0 copied, 0 unchanged, 1 kept") || !strings.Contains(s, "kept switches/main: destination is newer") {
+		t.Fatalf("report:\n%s", s)
+	}
+}

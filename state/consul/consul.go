@@ -65,7 +65,8 @@ const (
 )
 
 // Config says which Consul to use and where in its KV to keep the state.
-// Each field is also read by the `state consul` Caddyfile block.
+// The `state consul` Caddyfile block fills it, and it is the JSON of the
+// gateway's "consul" state config.
 type Config struct {
 	// Address is the agent's HTTP address, "host:port" or a URL with an
 	// http, https or unix scheme. Optional, defaults to CONSUL_HTTP_ADDR,
@@ -89,7 +90,7 @@ type Config struct {
 	// TLS configures HTTPS to the agent. Setting any file switches the
 	// scheme to https. Optional, defaults to CONSUL_CACERT, CONSUL_CLIENT_CERT
 	// and CONSUL_CLIENT_KEY as api.DefaultConfig reads them.
-	TLS TLSConfig `json:"tls,omitempty"`
+	TLS TLSConfig `json:"tls,omitzero"`
 }
 
 // TLSConfig names the PEM files for HTTPS to the agent.
