@@ -52,8 +52,11 @@ func TestBadInput(t *testing.T) {
 		wantMsg string
 	}{
 		{
-			name:    "unknown id",
-			run:     func(e *env, p Point) error { _, err := e.m.Rollback(ctx, "rollback-19990101-000000", RollbackOptions{}); return err },
+			name: "unknown id",
+			run: func(e *env, p Point) error {
+				_, err := e.m.Rollback(ctx, "rollback-19990101-000000", RollbackOptions{})
+				return err
+			},
 			wantIs:  ErrNotFound,
 			wantMsg: "rollback point rollback-19990101-000000 not found",
 		},
@@ -80,7 +83,10 @@ func TestBadInput(t *testing.T) {
 			setup: func(t *testing.T, e *env, p Point) {
 				corruptObject(t, e, p, "app/main.py", nil)
 			},
-			run:     func(e *env, p Point) error { _, err := e.m.Rollback(ctx, p.ID, RollbackOptions{Force: true}); return err },
+			run: func(e *env, p Point) error {
+				_, err := e.m.Rollback(ctx, p.ID, RollbackOptions{Force: true})
+				return err
+			},
 			wantIs:  ErrVerifyFailed,
 			wantMsg: "app/main.py",
 		},
@@ -106,9 +112,12 @@ func TestBadInput(t *testing.T) {
 				}
 				writeTree(t, e.dir, map[string]string{"config/new.toml": "x"})
 			},
-			run:     func(e *env, p Point) error { _, err := e.m.CreatePoint(ctx, CreateOptions{Type: TypeFullSystem}); return err },
+			run: func(e *env, p Point) error {
+				_, err := e.m.CreatePoint(ctx, CreateOptions{Type: TypeFullSystem})
+				return err
+			},
 			wantIs:  syscall.EACCES,
-			wantMsg: "cannot read " ,
+			wantMsg: "cannot read ",
 		},
 		{
 			name: "metadata not an object",

@@ -21,7 +21,9 @@ func manifestJSON(root string, entries ...string) []byte {
 }
 
 func TestDecodeManifestPathSafety(t *testing.T) {
-	file := func(p string) string { return `{"path":"` + p + `","type":"file","mode":420,"mtime":1,"digest":"` + dg + `"}` }
+	file := func(p string) string {
+		return `{"path":"` + p + `","type":"file","mode":420,"mtime":1,"digest":"` + dg + `"}`
+	}
 	tests := []struct {
 		name    string
 		b       []byte

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -53,9 +54,12 @@ func TestSecondCreateReusesDigests(t *testing.T) {
 	e := newEnv(t)
 	e.sampleTree(t)
 	var hashed []string
+	var mu sync.Mutex
 	e.m.testHook = func(point string) error {
 		if p, ok := strings.CutPrefix(point, "open "); ok {
+			mu.Lock()
 			hashed = append(hashed, filepath.Base(p))
+			mu.Unlock()
 		}
 		return nil
 	}
