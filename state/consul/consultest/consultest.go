@@ -1,6 +1,12 @@
-// Package consultest runs real Consul agents for tests: a dev agent for most
-// tests and a 3-server cluster for leader-loss tests, on free loopback
-// ports, stopped when the test ends.
+// Package consultest runs real Consul agents for tests, on free loopback
+// ports, stopped when the test ends:
+//
+//   - Start: a dev agent, in memory. Most tests want this. Restart brings it
+//     back empty, with its indexes starting over (an index reset).
+//   - StartCluster(t, 3): three servers, for leader-loss tests (Kill the
+//     Leader).
+//   - StartCluster(t, 1): one server with a data directory, for outage
+//     tests whose data must survive Stop and Start.
 //
 // The binary comes from, in order: `consul` on PATH, $SWITCHBACK_CONSUL, or
 // a build of the pinned Consul (tests/tools/consul, Version) cached at
@@ -345,6 +351,8 @@ type Cluster struct {
 // StartCluster starts n servers (-server -bootstrap-expect n, each joined
 // to the others, data in t.TempDir()) and waits until they have elected a
 // leader that all of them know. The servers are stopped when the test ends.
+// With n = 1 it is a single server that, unlike a dev agent, keeps its data
+// across Restart.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	if n < 1 {

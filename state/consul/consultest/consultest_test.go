@@ -2,6 +2,7 @@ package consultest
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -105,5 +106,26 @@ func TestStartAndRestart(t *testing.T) {
 	a.Start()
 	if _, err := get(a.Addr, "/v1/status/leader"); err != nil {
 		t.Fatalf("agent does not answer after Start: %v", err)
+	}
+}
+
+func TestSingleServerKeepsDataAcrossRestart(t *testing.T) {
+	c := StartCluster(t, 1)
+	a := c.Agents[0]
+	req, err := http.NewRequest(http.MethodPut, "http://"+a.Addr+"/v1/kv/k", strings.NewReader("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	a.Restart()
+	if got, err := get(a.Addr, "/v1/kv/k?raw"); err != nil || got != "v" {
+		t.Fatalf("after restart, k = %q, %v; want v", got, err)
+	}
+	if i := c.WaitLeader(t); i != 0 {
+		t.Fatalf("leader = %d", i)
 	}
 }
