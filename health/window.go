@@ -27,8 +27,9 @@ const (
 // WindowOptions configures a Window. The zero value gives the default
 // 10 × 1s window.
 type WindowOptions struct {
-	// Buckets is the number of buckets in the ring (default 10). Each
-	// bucket costs about 8 KiB.
+	// Buckets is the number of buckets the window spans (default 10). The
+	// ring holds one more as a spare, and each costs about 7.5 KiB: a
+	// default Window takes about 85 KiB.
 	Buckets int
 
 	// Width is the time one bucket covers (default 1s). The window spans
