@@ -259,6 +259,66 @@ func (a *App) handleSwitch(w http.ResponseWriter, r *http.Request, name string) 
 	return writeJSON(w, http.StatusOK, a.switchStatus(sw, true))
 }
 
+// switchChange builds the change of a mode, weight or reset request; the
+// admin API and the offline CLI both apply it.
+func switchChange(action string, req changeRequest, by, gateway string, now time.Time) (func(cur *state.Switch) bool, error) {
+	switch action {
+	case "mode":
+		mode, err := state.ParseMode(req.Mode)
+		if err != nil {
+			return nil, apiErr(http.StatusBadRequest, "%v", err)
+		}
+		weight := -1
+		if len(req.Weight) > 0 {
+			if weight, err = parseWeight(req.Weight); err != nil {
+				return nil, err
+			}
+		}
+		return func(cur *state.Switch) bool {
+			if weight >= 0 {
+				cur.Weight = weight
+			} else if mode != state.ModeLegacy && cur.Tripped {
+				cur.Weight = cur.RecoverWeight
+			}
+			setMode(cur, mode, req.Reason, by, gateway, now)
+			return true
+		}, nil
+	case "weight":
+		if len(req.Weight) == 0 {
+			return nil, apiErr(http.StatusBadRequest, `missing weight: send {"weight": N} with N from 0 to 100`)
+		}
+		if req.Mode != "" {
+			return nil, apiErr(http.StatusBadRequest, "set the mode with the mode action, not weight")
+		}
+		weight, err := parseWeight(req.Weight)
+		if err != nil {
+			return nil, err
+		}
+		return func(cur *state.Switch) bool {
+			cur.Weight, cur.Reason, cur.By, cur.Gateway, cur.Since = weight, req.Reason, by, gateway, now
+			cur.Record(state.Event{Kind: "weight", Mode: cur.Mode, Weight: weight, Reason: req.Reason, By: by, Gateway: gateway, At: now})
+			return true
+		}, nil
+	case "reset":
+		if req.Mode != "" || len(req.Weight) > 0 {
+			return nil, apiErr(http.StatusBadRequest, "reset takes only a reason: it returns the switch to split at its weight before the trip")
+		}
+		return func(cur *state.Switch) bool {
+			if cur.Tripped {
+				cur.Weight = cur.RecoverWeight
+			}
+			reason := req.Reason
+			if reason == "" {
+				reason = "reset"
+			}
+			setMode(cur, state.ModeSplit, reason, by, gateway, now)
+			cur.History[len(cur.History)-1].Kind = "recover"
+			return true
+		}, nil
+	}
+	return nil, apiErr(http.StatusNotFound, "unknown switch action %q: want mode, weight or reset", action)
+}
+
 // changeRequest is the body of the mode, weight and reset routes.
 type changeRequest struct {
 	Mode   string          `json:"mode,omitempty"`
@@ -295,64 +355,9 @@ func (a *App) handleSwitchAction(w http.ResponseWriter, r *http.Request, name, a
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	by := who(r, req.By)
-	now := time.Now().UTC()
-	var fn func(cur *state.Switch) bool
-	switch action {
-	case "mode":
-		mode, err := state.ParseMode(req.Mode)
-		if err != nil {
-			return apiErr(http.StatusBadRequest, "%v", err)
-		}
-		weight := -1
-		if len(req.Weight) > 0 {
-			if weight, err = parseWeight(req.Weight); err != nil {
-				return err
-			}
-		}
-		fn = func(cur *state.Switch) bool {
-			if weight >= 0 {
-				cur.Weight = weight
-			} else if mode != state.ModeLegacy && cur.Tripped {
-				cur.Weight = cur.RecoverWeight
-			}
-			setMode(cur, mode, req.Reason, by, a.gateway, now)
-			return true
-		}
-	case "weight":
-		if len(req.Weight) == 0 {
-			return apiErr(http.StatusBadRequest, `missing weight: send {"weight": N} with N from 0 to 100`)
-		}
-		if req.Mode != "" {
-			return apiErr(http.StatusBadRequest, "set the mode with POST /switchback/switches/%s/mode", name)
-		}
-		weight, err := parseWeight(req.Weight)
-		if err != nil {
-			return err
-		}
-		fn = func(cur *state.Switch) bool {
-			cur.Weight, cur.Reason, cur.By, cur.Gateway, cur.Since = weight, req.Reason, by, a.gateway, now
-			cur.Record(state.Event{Kind: "weight", Mode: cur.Mode, Weight: weight, Reason: req.Reason, By: by, Gateway: a.gateway, At: now})
-			return true
-		}
-	case "reset":
-		if req.Mode != "" || len(req.Weight) > 0 {
-			return apiErr(http.StatusBadRequest, "reset takes only a reason: it returns the switch to split at its weight before the trip")
-		}
-		fn = func(cur *state.Switch) bool {
-			if cur.Tripped {
-				cur.Weight = cur.RecoverWeight
-			}
-			reason := req.Reason
-			if reason == "" {
-				reason = "reset"
-			}
-			setMode(cur, state.ModeSplit, reason, by, a.gateway, now)
-			cur.History[len(cur.History)-1].Kind = "recover"
-			return true
-		}
-	default:
-		return apiErr(http.StatusNotFound, "unknown switch action %q: want mode, weight or reset", action)
+	fn, err := switchChange(action, req, who(r, req.By), a.gateway, time.Now().UTC())
+	if err != nil {
+		return err
 	}
 	wasTripped := func() bool { rec, _ := sw.Record(); return rec.Tripped }()
 	rec, err := sw.change(r.Context(), a, fn)
@@ -391,11 +396,24 @@ func (a *App) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "switchback_store_degraded{backend=%q} %d\n", a.store.Describe(), boolInt(a.rt.degraded.Load()))
-	for _, name := range a.switchNames() {
-		sw := a.registry[name]
-		sw.metrics.set.WritePrometheus(&buf)
-		if win := sw.win.Load(); win != nil {
+	var series bytes.Buffer
+	fmt.Fprintf(&series, "switchback_store_degraded{backend=%q} %d\n", a.store.Describe(), boolInt(a.rt.degraded.Load()))
+	names := a.switchNames()
+	for _, name := range names {
+		a.registry[name].metrics.set.WritePrometheus(&series)
+	}
+	// Keep each metric's series together across switches, as the text
+	// format wants.
+	lines := strings.SplitAfter(strings.TrimSuffix(series.String(), "\n"), "\n")
+	slices.SortStableFunc(lines, func(x, y string) int {
+		return strings.Compare(metricName(x), metricName(y))
+	})
+	for _, l := range lines {
+		buf.WriteString(strings.TrimSuffix(l, "\n") + "\n")
+	}
+	fmt.Fprintln(&buf, "# TYPE switchback_request_duration_seconds histogram")
+	for _, name := range names {
+		if win := a.registry[name].win.Load(); win != nil {
 			for _, arm := range []string{armLegacy, armConsolidated} {
 				win.arm(arm).Cumulative().WritePrometheus(&buf, "switchback_request_duration_seconds", fmt.Sprintf(`switch=%q,arm=%q`, name, arm))
 			}
@@ -404,6 +422,13 @@ func (a *App) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 	a.writeRollbackMetrics(&buf)
 	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+func metricName(line string) string {
+	if i := strings.IndexAny(line, "{ "); i >= 0 {
+		return line[:i]
+	}
+	return line
 }
 
 func boolInt(b bool) int {

@@ -162,9 +162,7 @@ func (a *App) handleCreatePoint(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	p, err := a.restore.CreatePoint(r.Context(), restore.CreateOptions{
-		Type: req.Type, Component: req.Component, Metadata: req.Metadata, Tags: req.Tags, Trigger: req.Trigger,
-	})
+	p, err := a.restore.CreatePoint(r.Context(), req.options())
 	if err != nil {
 		return restoreErr(err)
 	}

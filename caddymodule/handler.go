@@ -395,6 +395,8 @@ func (h *Handler) rules() compiledRules {
 	}
 	if t.MinRequests != 0 {
 		r.MinRequests = uint64(max(t.MinRequests, 0))
+	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 {
+		r.MinRequests = 0 // nothing to gate
 	}
 	return r
 }
