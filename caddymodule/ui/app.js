@@ -163,18 +163,24 @@ function sparkline(label) {
   svg.setAttribute("aria-label", label + ", last 5 minutes");
   const line = document.createElementNS(SVG, "polyline");
   line.setAttribute("class", "spark-line");
-  svg.append(line);
+  const title = document.createElementNS(SVG, "title");
+  svg.append(line, title);
   return svg;
 }
 
-// drawSpark plots values right-aligned on the 300-sample axis, scaled to
-// the larger of their maximum and floor, so a flat zero stays at the bottom.
-function drawSpark(svg, values, floor) {
+// drawSpark plots values, newest at the right edge, scaled to the larger
+// of their maximum and floor so a flat zero stays at the bottom. The time
+// axis spans the samples kept, at least one minute, at most five, so a page
+// opened a few seconds ago already shows a readable line.
+function drawSpark(svg, values, floor, fmt) {
   const max = Math.max(floor, ...values);
-  const x0 = SAMPLES - values.length;
-  const pts = values.map((v, i) => `${x0 + i},${(38 - (v / max) * 36).toFixed(1)}`);
+  const span = Math.min(SAMPLES, Math.max(60, values.length));
+  const step = SAMPLES / (span - 1);
+  const x0 = span - values.length;
+  const pts = values.map((v, i) => `${((x0 + i) * step).toFixed(1)},${(38 - (v / max) * 36).toFixed(1)}`);
   svg.firstChild.setAttribute("points", pts.join(" "));
   svg.dataset.samples = String(values.length);
+  svg.lastChild.textContent = `now ${fmt(values[values.length - 1])}, max ${fmt(Math.max(0, ...values))} over ${values.length} s`;
 }
 
 // --- switches ------------------------------------------------------------
@@ -301,8 +307,8 @@ function updateArm(card, swName, armName, arm) {
   }
   const list = samples.get(key) || [];
   const [rateSvg, p99Svg] = box.querySelectorAll("svg.spark");
-  drawSpark(rateSvg, list.map((s) => s.rate), 0.05);
-  drawSpark(p99Svg, list.map((s) => s.p99), 10);
+  drawSpark(rateSvg, list.map((s) => s.rate), 0.05, pct);
+  drawSpark(p99Svg, list.map((s) => s.p99), 10, msText);
 }
 
 // renderHistory fills a switch's history table, newest first.
@@ -325,10 +331,14 @@ function renderStore(store, gateway) {
   setText($("#gateway"), gateway ? `gateway ${gateway}` : "");
   const node = $("#store-status");
   const status = store ? store.status : "unknown";
+  const backend = store ? store.backend : "?";
   node.dataset.status = status;
-  let text = `store ${store ? store.backend : "?"}: ${status}`;
+  node.title = backend;
+  // The backend is "local /path/to/state.db" or "consul ADDR/prefix"; the
+  // header shows its kind and the title attribute the rest.
+  let text = `store ${backend.split(" ")[0]}: ${status}`;
   if (status === "degraded") {
-    text = `STORE DEGRADED (${store.backend})${store.error ? ": " + store.error : ""}${store.since ? " since " + ago(store.since) : ""}: serving on last known state`;
+    text = `STORE DEGRADED (${backend})${store.error ? ": " + store.error : ""}${store.since ? " since " + ago(store.since) : ""}: serving on last known state`;
   }
   setText(node, text);
 }
