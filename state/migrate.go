@@ -10,9 +10,11 @@ import (
 	"strings"
 )
 
-// MigrateNamespaces are the namespaces Migrate copies, in order. Locks are
-// not state to copy: a lock belongs to the process holding it.
-var MigrateNamespaces = []string{NSSwitches, NSPoints, NSOperations}
+// MigrateNamespaces are the namespaces Migrate copies, in order. Secrets
+// hold the key that signs sticky cookies: copied, a host that joins a
+// fleet keeps its users on their arm. Locks are not state to copy: a lock
+// belongs to the process holding it.
+var MigrateNamespaces = []string{NSSwitches, NSPoints, NSOperations, NSSecrets}
 
 // MigrateOptions configure Migrate. The zero value copies.
 type MigrateOptions struct {
@@ -48,8 +50,8 @@ type MigrateCounts struct {
 
 	// Kept entries differ and the destination's copy was kept: a switch
 	// whose destination copy supersedes (or ties with) the source's, or a
-	// point or operation record, where the destination always wins. Each
-	// is listed in MigrateReport.Conflicts.
+	// point record, operation record or secret, where the destination
+	// always wins. Each is listed in MigrateReport.Conflicts.
 	Kept int
 }
 
@@ -85,17 +87,19 @@ func (r MigrateReport) String() string {
 	return b.String()
 }
 
-// Migrate copies every switch, point record and operation record from one
-// store to another, such as from a single host's local store to the
-// fleet's Consul.
+// Migrate copies every switch, point record, operation record and secret
+// from one store to another, such as from a single host's local store to
+// the fleet's Consul.
 //
 // It is idempotent and safe to re-run, also while gateways use the
 // destination: an entry equal in both is skipped; a missing one is created
 // with CAS (version 0), so a concurrent writer is never overwritten; a
 // switch in both keeps whichever copy Supersedes the other (the newer
 // Since, and on a tie legacy), with the destination winning full ties; a
-// point or operation record in both keeps the destination's copy, and the
-// difference is reported as a conflict. A CAS that loses a race re-reads
+// point record, operation record or secret in both keeps the destination's
+// copy, and the difference is reported as a conflict. A fleet's cookie
+// secret is thus never replaced: users of a host that joins a fleet whose
+// secret differs get their sticky cookies re-issued with the fleet's key. A CAS that loses a race re-reads
 // the destination and decides again.
 //
 // An entry that cannot be migrated (a switch record that does not decode)
@@ -190,6 +194,9 @@ func migrateEntry(ctx context.Context, to Store, ns string, src, dst Entry, exis
 				return outcomeKept, reason, nil
 			}
 			version = dst.Version
+		case ns == NSSecrets:
+			// Never the values: they are secrets.
+			return outcomeKept, "destination has a different secret; the destination's is kept (sticky cookies signed with the source's key are re-issued)", nil
 		default:
 			return outcomeKept, "destination has a different record; the destination's is kept", nil
 		}

@@ -117,6 +117,20 @@ func TestMigrate(t *testing.T) {
 			conflicts: []string{"points/p1", "operations/op1"},
 		},
 		{
+			name:   "the cookie secret is copied",
+			from:   map[string]string{"secrets/cookie": "0123abcd"},
+			want:   map[string]string{"secrets/cookie": "0123abcd"},
+			counts: state.MigrateCounts{Copied: 1},
+		},
+		{
+			name:      "a fleet's differing secret is kept",
+			from:      map[string]string{"secrets/cookie": "0123abcd"},
+			to:        map[string]string{"secrets/cookie": "ffffeeee"},
+			want:      map[string]string{"secrets/cookie": "ffffeeee"},
+			counts:    state.MigrateCounts{Kept: 1},
+			conflicts: []string{"secrets/cookie"},
+		},
+		{
 			name:   "destination-only entries stay",
 			from:   map[string]string{"points/p1": `{"id":"p1"}`},
 			to:     map[string]string{"points/p2": `{"id":"p2"}`},
@@ -217,6 +231,7 @@ func TestMigrateLocalToConsul(t *testing.T) {
 		"points/p1":      `{"id":"p1","type":"full_system"}`,
 		"points/p2":      `{"id":"p2","type":"data","metadata":"` + strings.Repeat("m", 300<<10) + `"}`,
 		"operations/op1": `{"id":"op1","kind":"restore","status":"done"}`,
+		"secrets/cookie": "8a1f2c3d4e5f60718293a4b5c6d7e8f9",
 	}
 	put(t, from, src)
 	l, err := from.Lock(ctx, state.RestoreLock, []byte("someone"))
