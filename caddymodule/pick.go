@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 )
 
 // buckets is the resolution of the split: a weight w sends keys whose
@@ -70,10 +71,19 @@ const (
 	hmacInputMax = hmacBlock + cookieKeyLen + sha256.Size + 8 // room for both passes
 )
 
+// verifiedSlots is the size of a signer's cache of verified cookies.
+const verifiedSlots = 1 << 16
+
 // cookieSigner signs and checks sticky keys with HMAC-SHA256 (RFC 2104),
-// computed over fixed stack buffers so a check allocates nothing.
+// computed over fixed stack buffers so a check allocates nothing. A
+// returning user sends the same cookie on every request, so values that
+// verified are remembered in a lock-free, direct-mapped cache: a hit costs
+// a hash and a string compare instead of two SHA-256 passes. Only values
+// that verified are ever stored, so the cache cannot be poisoned; a
+// collision merely evicts.
 type cookieSigner struct {
 	ipad, opad [hmacBlock]byte
+	verified   [verifiedSlots]atomic.Pointer[string]
 }
 
 func newCookieSigner(secret []byte) *cookieSigner {
@@ -109,6 +119,10 @@ func (s *cookieSigner) verify(val string) (string, bool) {
 	if len(val) != cookieValLen || val[cookieKeyLen] != '.' {
 		return "", false
 	}
+	slot := &s.verified[keyBucket(0, val)&(verifiedSlots-1)]
+	if p := slot.Load(); p != nil && *p == val {
+		return val[:cookieKeyLen], true
+	}
 	key := val[:cookieKeyLen]
 	for i := 0; i < len(key); i++ {
 		c := key[i]
@@ -121,6 +135,8 @@ func (s *cookieSigner) verify(val string) (string, bool) {
 	if subtle.ConstantTimeCompare(want[:], []byte(val[cookieKeyLen+1:])) != 1 {
 		return "", false
 	}
+	owned := strings.Clone(val) // the header's memory is the request's
+	slot.Store(&owned)
 	return key, true
 }
 
