@@ -171,6 +171,7 @@ func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
 	go a.syncLoop(ctx)
+	go a.pendingLoop(ctx)
 	a.startRollback(ctx)
 	return nil
 }
@@ -278,6 +279,12 @@ func (a *App) syncLoop(ctx context.Context) {
 				return
 			}
 			a.storeFailed(err)
+			// When the store returns, read everything at once rather than
+			// block: nothing may have changed there while it was down,
+			// and a blocking query would then wait, with the store still
+			// shown degraded and this gateway's pending changes (a trip
+			// during the outage) not written back.
+			index = 0
 			backoff = nextBackoff(backoff)
 			sleep(ctx, backoff)
 			continue
@@ -298,6 +305,34 @@ func (a *App) syncLoop(ctx context.Context) {
 		}
 	}
 }
+
+// pendingLoop writes back switch changes that this gateway holds but the
+// store has not taken (a write that failed), without waiting for the
+// store's switches to change: the sync loop reconciles only when its watch
+// returns. It checks every pendingInterval, and backs off while writes
+// fail.
+func (a *App) pendingLoop(ctx context.Context) {
+	wait := pendingInterval
+	for {
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
+			return
+		}
+		wait = pendingInterval
+		for _, sw := range a.registry {
+			if _, pending := sw.Record(); !pending {
+				continue
+			}
+			if !a.writeBack(ctx, sw) {
+				wait = max(nextBackoff(wait), pendingInterval)
+				break
+			}
+		}
+	}
+}
+
+// pendingInterval is how often pendingLoop looks for pending changes.
+const pendingInterval = time.Second
 
 // reconcile applies a snapshot of the store's switches.
 func (a *App) reconcile(ctx context.Context, entries []state.Entry) {
@@ -325,8 +360,9 @@ func (a *App) reconcile(ctx context.Context, entries []state.Entry) {
 }
 
 // writeBack writes a switch's pending local record, unless the store holds
-// a newer one (newest Since wins, legacy wins a tie).
-func (a *App) writeBack(ctx context.Context, sw *Switch) {
+// a newer one (newest Since wins, legacy wins a tie). It reports whether
+// the store could be reached.
+func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	mine, _ := sw.Record()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -337,13 +373,21 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) {
 		return mine, true
 	})
 	if err != nil {
-		a.storeFailed(err)
-		return
+		if ctx.Err() == nil {
+			a.storeFailed(err)
+		}
+		return false
 	}
+	a.storeOK()
 	sw.mu.Lock()
-	sw.applyLocked(rec, false)
+	// A change made here while the write was in flight (a trip, say) is
+	// newer than rec and stays, pending, for its own write.
+	if !sw.rec.Supersedes(rec) {
+		sw.applyLocked(rec, false)
+	}
 	sw.mu.Unlock()
 	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
+	return true
 }
 
 // storeFailed marks the store degraded.

@@ -304,7 +304,6 @@ func (b *offlineBackend) ChangeSwitch(ctx context.Context, name, action string, 
 }
 
 func (b *offlineBackend) CreatePoint(ctx context.Context, req CreatePointRequest) (restore.Point, error) {
-	b.recover(ctx)
 	return b.app.restore.CreatePoint(ctx, req.options())
 }
 
@@ -321,12 +320,10 @@ func (b *offlineBackend) VerifyAll(ctx context.Context) ([]restore.VerifyReport,
 }
 
 func (b *offlineBackend) Rollback(ctx context.Context, id string, req RollbackRequest) (restore.Operation, error) {
-	b.recover(ctx)
 	return b.app.restore.Rollback(ctx, id, req.options())
 }
 
 func (b *offlineBackend) Emergency(ctx context.Context, reason, by string) (restore.Operation, error) {
-	b.recover(ctx)
 	return b.app.restore.Emergency(ctx, restore.EmergencyOptions{
 		Reason: reason,
 		ForceLegacy: func(ctx context.Context) (string, error) {
@@ -337,7 +334,6 @@ func (b *offlineBackend) Emergency(ctx context.Context, reason, by string) (rest
 }
 
 func (b *offlineBackend) Cleanup(ctx context.Context, opts restore.CleanupOptions) (restore.CleanupReport, error) {
-	b.recover(ctx)
 	return b.app.restore.Cleanup(ctx, opts)
 }
 
@@ -361,8 +357,8 @@ func (b *offlineBackend) Validate(ctx context.Context, level string) (restore.Va
 	return b.app.restore.ValidateSystem(ctx, level)
 }
 
-// recover finishes restores a crash left half done before a command that
-// touches the trees; a failure here is reported by the command itself.
+// recover finishes restores a crash left half done; the CLI runs it before
+// every offline command. A failure here is reported by the command itself.
 func (b *offlineBackend) recover(ctx context.Context) {
 	ops, err := b.app.restore.Recover(ctx)
 	for _, op := range ops {

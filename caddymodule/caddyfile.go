@@ -127,12 +127,13 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 				return err
 			}
 		case "legacy", "consolidated":
+			armLine := d.Line()
 			sr, err := httpcaddyfile.ParseSegmentAsSubroute(hp.WithDispenser(d.NewFromNextSegment()))
 			if err != nil {
 				return err
 			}
 			if s, ok := sr.(*caddyhttp.Subroute); ok && len(s.Routes) == 0 {
-				return d.Errf("the %s arm is empty: give it a handler, e.g. reverse_proxy", sub)
+				return fmt.Errorf("the %s arm is empty: give it a handler, e.g. reverse_proxy, at %s:%d", sub, d.File(), armLine)
 			}
 			raw := caddyconfig.JSONModuleObject(sr, "handler", "subroute", nil)
 			if sub == "legacy" {

@@ -100,6 +100,9 @@ func (c *cli) open(ctx context.Context, progress func(restore.Progress)) (backen
 	}
 	if off != nil {
 		fmt.Fprintf(c.errOut, "switchback: gateway at %s does not answer; working offline on %s\n", addr, off.app.store.Describe())
+		// Finish restores a crash left half done before any command,
+		// reads included, so what it shows is the recovered state.
+		off.recover(ctx)
 		return off, nil
 	}
 	return nil, fmt.Errorf("the gateway's admin API at %s does not answer (%v).\n"+

@@ -1,0 +1,149 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/adapt")
+
+// adapt runs the Caddyfile adapter, as "switchback adapt" does.
+func adapt(t *testing.T, src string) ([]byte, error) {
+	t.Helper()
+	a := caddyconfig.GetAdapter("caddyfile")
+	out, _, err := a.Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+	return out, err
+}
+
+// TestAdaptGolden checks Caddyfile -> JSON for each file in
+// testdata/adapt: a Caddyfile, a line of dashes, then the expected JSON,
+// as Caddy's own caddyfile_adapt tests are laid out. Refresh with -update.
+func TestAdaptGolden(t *testing.T) {
+	files, err := filepath.Glob("testdata/adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src, want, ok := strings.Cut(string(raw), "----------\n")
+			if !ok {
+				t.Fatalf("%s: no ---------- separator", file)
+			}
+			out, err := adapt(t, src)
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			var pretty bytes.Buffer
+			if err := json.Indent(&pretty, out, "", "\t"); err != nil {
+				t.Fatal(err)
+			}
+			got := pretty.String() + "\n"
+			if *update {
+				if err := os.WriteFile(file, []byte(src+"----------\n"+got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if got != want {
+				t.Errorf("adapted JSON differs from %s (run with -update to accept):\n%s", file, got)
+			}
+		})
+	}
+}
+
+// TestParseErrors feeds bad configs to the adapter: each must be refused
+// with an error that names the file and line of the mistake.
+func TestParseErrors(t *testing.T) {
+	site := func(body string) string {
+		return ":8080 {\n\tswitchback main {\n" + body + "\t\tlegacy {\n\t\t\treverse_proxy 127.0.0.1:9001\n\t\t}\n\t\tconsolidated {\n\t\t\treverse_proxy 127.0.0.1:9002\n\t\t}\n\t}\n}\n"
+	}
+	for _, tc := range []struct {
+		name string
+		src  string
+		line int
+		msg  string
+	}{
+		{"weight 101", site("\t\tweight 101\n"), 3, "between 0 and 100"},
+		{"weight -1", site("\t\tweight -1\n"), 3, "between 0 and 100"},
+		{"weight abc", site("\t\tweight abc\n"), 3, "whole number"},
+		{"unknown mode", site("\t\tmode sideways\n"), 3, "unknown mode"},
+		{"unknown subdirective", site("\t\tfrobnicate on\n"), 3, "unrecognized switchback subdirective 'frobnicate'"},
+		{"duplicate weight", site("\t\tweight 1\n\t\tweight 2\n"), 4, "duplicate subdirective 'weight'"},
+		{"sticky unknown", site("\t\tsticky ear\n"), 3, "unknown sticky source"},
+		{"sticky header no name", site("\t\tsticky header\n"), 3, "header name"},
+		{"error_rate 150%", site("\t\ttrip {\n\t\t\terror_rate 150%\n\t\t}\n"), 4, "error_rate"},
+		{"error_rate -1%", site("\t\ttrip {\n\t\t\terror_rate -1%\n\t\t}\n"), 4, "error_rate"},
+		{"quantile p0", site("\t\ttrip {\n\t\t\tlatency p0 250ms\n\t\t}\n"), 4, "quantile"},
+		{"quantile p101", site("\t\ttrip {\n\t\t\tlatency p101 250ms\n\t\t}\n"), 4, "quantile"},
+		{"window 0", site("\t\ttrip {\n\t\t\twindow 0s\n\t\t}\n"), 4, "window"},
+		{"window negative", site("\t\ttrip {\n\t\t\twindow -1s\n\t\t}\n"), 4, "window"},
+		{"min_requests -1", site("\t\ttrip {\n\t\t\tmin_requests -1\n\t\t}\n"), 4, "min_requests"},
+		{"unknown rule", site("\t\ttrip {\n\t\t\tp99_vibes bad\n\t\t}\n"), 4, "unknown trip rule 'p99_vibes'"},
+		{"replay bad", site("\t\treplay_to_legacy maybe\n"), 3, "on or off"},
+		{"replay_max_body bad", site("\t\treplay_max_body lots\n"), 3, "replay_max_body"},
+		{"probe arm", site("\t\tprobe sideways GET /health\n"), 3, "probe arm"},
+		{"on_trip unknown", site("\t\ton_trip email ops@example.com\n"), 3, "unknown action 'email'"},
+		{"on_trip webhook url", site("\t\ton_trip webhook ftp://x\n"), 3, "webhook"},
+		{"empty arm", ":8080 {\n\tswitchback main {\n\t\tlegacy {\n\t\t}\n\t\tconsolidated {\n\t\t\treverse_proxy 127.0.0.1:9002\n\t\t}\n\t}\n}\n", 3, "legacy arm is empty"},
+		{"missing arm", ":8080 {\n\tswitchback main {\n\t\tlegacy {\n\t\t\treverse_proxy 127.0.0.1:9001\n\t\t}\n\t}\n}\n", 6, "no consolidated arm"},
+		{"no name", ":8080 {\n\tswitchback {\n\t\tweight 1\n\t}\n}\n", 2, "needs a switch name"},
+		{"bad name", ":8080 {\n\tswitchback ../etc {\n\t}\n}\n", 2, "switch name"},
+		{"global unknown", "{\n\tswitchback {\n\t\tfrobnicate\n\t}\n}\n", 3, "unrecognized switchback option"},
+		{"global state backend", "{\n\tswitchback {\n\t\tstate etcd\n\t}\n}\n", 3, "unknown state backend 'etcd'"},
+		{"global point type", "{\n\tswitchback {\n\t\tpoints {\n\t\t\tnightly ./x\n\t\t}\n\t}\n}\n", 4, "unknown point type 'nightly'"},
+		{"global retention", "{\n\tswitchback {\n\t\tretention {\n\t\t\tkeep_count many\n\t\t}\n\t}\n}\n", 4, "keep_count"},
+		{"global validate", "{\n\tswitchback {\n\t\tvalidate {\n\t\t\turl ftp://x 200\n\t\t}\n\t}\n}\n", 4, "validate url"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := adapt(t, tc.src)
+			if err == nil {
+				t.Fatalf("config was accepted:\n%s", tc.src)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.msg) {
+				t.Errorf("error %q does not say %q", msg, tc.msg)
+			}
+			lineRE := regexp.MustCompile(`Caddyfile:(\d+)`)
+			m := lineRE.FindStringSubmatch(msg)
+			if m == nil {
+				t.Fatalf("error %q does not name the line", msg)
+			}
+			if want := strings.TrimSpace(m[1]); want != itoa(tc.line) {
+				t.Errorf("error %q names line %s, want %d", msg, want, tc.line)
+			}
+		})
+	}
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// FuzzParse feeds arbitrary switch blocks to the parser: it may refuse
+// them, but must never panic.
+func FuzzParse(f *testing.F) {
+	f.Add("weight 20\nmode split\nsticky cookie sb_user\n")
+	f.Add("trip {\nerror_rate 5%\nlatency p99 250ms\n}\n")
+	f.Add("probe legacy GET /health interval 2s\non_trip exec echo hi\n")
+	f.Add("auto_recover {\nafter 60s\nprobe_weight 1%\n}\n")
+	f.Fuzz(func(t *testing.T, body string) {
+		src := "switchback main {\n" + body + "\n}\n"
+		d := caddyfile.NewTestDispenser(src)
+		var h Handler
+		_ = h.UnmarshalCaddyfile(d)
+		g := caddyfile.NewTestDispenser("switchback {\n" + body + "\n}\n")
+		_, _ = parseGlobal(g, nil)
+	})
+}
