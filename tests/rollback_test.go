@@ -22,7 +22,7 @@ import (
 )
 
 // RollbackTemplate is a gateway with one switch "main" and every rollback
-// option: point types over {DIR}/app, {DIR}/config and {DIR}/data,
+// option: point types over {DIR}/srv/app, {DIR}/srv/config and {DIR}/srv/data,
 // retention, hooks that append to {DIR}/hooks.log (pre_restore waits
 // while {DIR}/slow exists, so a test can hold a restore open), and a
 // validate URL on the legacy upstream.
@@ -33,10 +33,10 @@ const RollbackTemplate = `{
 		backups {DIR}/backups
 		logs {DIR}/logs
 		points {
-			full_system {DIR}/app {DIR}/config {DIR}/data
-			configuration_only {DIR}/config
-			data {DIR}/data
-			component orchestrator {DIR}/app/core
+			full_system {DIR}/srv/app {DIR}/srv/config {DIR}/srv/data
+			configuration_only {DIR}/srv/config
+			data {DIR}/srv/data
+			component orchestrator {DIR}/srv/app/core
 		}
 		retention {
 			keep_count 10
@@ -73,6 +73,7 @@ http://{HTTP} {
 type rbEnv struct {
 	t       *testing.T
 	dir     string
+	host    string // dir/srv, which holds the trees
 	cfg     GatewayConfig
 	config  string // the Caddyfile
 	gw      *Gateway
@@ -83,7 +84,8 @@ type rbEnv struct {
 
 func newRBEnv(t *testing.T) *rbEnv {
 	t.Helper()
-	e := &rbEnv{t: t, dir: t.TempDir(), legacy: NewUpstream(t, "legacy"), consol: NewUpstream(t, "consolidated")}
+	dir := t.TempDir()
+	e := &rbEnv{t: t, dir: dir, host: filepath.Join(dir, "srv"), legacy: NewUpstream(t, "legacy"), consol: NewUpstream(t, "consolidated")}
 	e.cfg = GatewayConfig{Template: RollbackTemplate, Legacy: e.legacy, Consolidated: e.consol, Dir: e.dir}
 	e.config = filepath.Join(e.dir, "Caddyfile")
 	// Write the config without a gateway, for offline tests; StartGateway
@@ -92,7 +94,7 @@ func newRBEnv(t *testing.T) *rbEnv {
 	g.Caddyfile = e.config
 	g.WriteConfig(e.cfg)
 	e.adminAt = g.Admin
-	writeFiles(t, e.dir, map[string]string{
+	writeFiles(t, e.host, map[string]string{
 		"app/main.py":          "print('v1')\n",
 		"app/core/orch.py":     "orchestrator v1\n",
 		"app/core/empty/":      "",
@@ -104,7 +106,7 @@ func newRBEnv(t *testing.T) *rbEnv {
 		"data/dup1":            "same",
 		"data/dup2":            "same",
 	})
-	os.Chmod(filepath.Join(e.dir, "app/bin/run.sh"), 0o755)
+	os.Chmod(filepath.Join(e.host, "app/bin/run.sh"), 0o755)
 	return e
 }
 
@@ -130,7 +132,7 @@ func (e *rbEnv) online(args ...string) (string, string, int) {
 
 // roots are the trees the full_system point covers.
 func (e *rbEnv) roots() []string {
-	return []string{filepath.Join(e.dir, "app"), filepath.Join(e.dir, "config"), filepath.Join(e.dir, "data")}
+	return []string{filepath.Join(e.host, "app"), filepath.Join(e.host, "config"), filepath.Join(e.host, "data")}
 }
 
 // tree describes the roots exactly.
@@ -311,16 +313,16 @@ func corrupt(t testing.TB, dir, content string) {
 // change edits, adds, removes, re-modes and re-links entries in every root.
 func (e *rbEnv) change() {
 	e.t.Helper()
-	writeFiles(e.t, e.dir, map[string]string{
+	writeFiles(e.t, e.host, map[string]string{
 		"app/main.py":          "print('v2')\n",
 		"app/new.py":           "new\n",
 		"app/link":             "->main.py",
 		"config/settings.toml": "a = 2\n",
 		"data/db.json":         `{"rows": 2}`,
 	})
-	os.Remove(filepath.Join(e.dir, "data/dup2"))
-	os.RemoveAll(filepath.Join(e.dir, "app/core/empty"))
-	os.Chmod(filepath.Join(e.dir, "app/bin/run.sh"), 0o700)
+	os.Remove(filepath.Join(e.host, "data/dup2"))
+	os.RemoveAll(filepath.Join(e.host, "app/core/empty"))
+	os.Chmod(filepath.Join(e.host, "app/bin/run.sh"), 0o700)
 }
 
 func TestRollbackCLIOffline(t *testing.T) {
@@ -406,7 +408,7 @@ func TestRollbackCLIOffline(t *testing.T) {
 	}
 	in := func(list []string, rel string) bool {
 		for _, p := range list {
-			if p == filepath.Join(e.dir, rel) {
+			if p == filepath.Join(e.host, rel) {
 				return true
 			}
 		}
@@ -428,7 +430,7 @@ func TestRollbackCLIOffline(t *testing.T) {
 		t.Fatalf("dry run changed the tree:\n%s", got)
 	}
 	out, _, _ = e.offline("rollback", full.ID, "--trigger", "manual", "--dry-run")
-	if !strings.Contains(out, "+ "+filepath.Join(e.dir, "data/dup2")) || !strings.Contains(out, "- "+filepath.Join(e.dir, "app/new.py")) || !strings.Contains(out, "~ "+filepath.Join(e.dir, "app/main.py")) {
+	if !strings.Contains(out, "+ "+filepath.Join(e.host, "data/dup2")) || !strings.Contains(out, "- "+filepath.Join(e.host, "app/new.py")) || !strings.Contains(out, "~ "+filepath.Join(e.host, "app/main.py")) {
 		t.Errorf("dry run (human) does not list the changes:\n%s", out)
 	}
 	if _, err := os.Stat(filepath.Join(e.dir, "hooks.log")); err == nil {
@@ -436,12 +438,12 @@ func TestRollbackCLIOffline(t *testing.T) {
 	}
 
 	// --only restores one path and keeps the rest as it is live.
-	out, errOut, code = e.offline("rollback", full.ID, "--trigger", "manual", "--only", filepath.Join(e.dir, "config"), "--json")
+	out, errOut, code = e.offline("rollback", full.ID, "--trigger", "manual", "--only", filepath.Join(e.host, "config"), "--json")
 	mustCLI(t, 0, out, errOut, code, "rollback --only")
-	if b, _ := os.ReadFile(filepath.Join(e.dir, "config/settings.toml")); string(b) != "a = 1\n" {
+	if b, _ := os.ReadFile(filepath.Join(e.host, "config/settings.toml")); string(b) != "a = 1\n" {
 		t.Errorf("--only config: settings.toml = %q", b)
 	}
-	if b, _ := os.ReadFile(filepath.Join(e.dir, "app/main.py")); string(b) != "print('v2')\n" {
+	if b, _ := os.ReadFile(filepath.Join(e.host, "app/main.py")); string(b) != "print('v2')\n" {
 		t.Errorf("--only config restored app/main.py too: %q", b)
 	}
 	_, errOut, code = e.offline("rollback", full.ID, "--trigger", "manual", "--only", "/etc")
@@ -466,7 +468,7 @@ func TestRollbackCLIOffline(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dir, "logs", "rollback-"+rb.ID+".json")); err != nil {
 		t.Errorf("no log file for %s: %v", rb.ID, err)
 	}
-	leftovers, _ := filepath.Glob(filepath.Join(e.dir, ".*switchback-*"))
+	leftovers, _ := filepath.Glob(filepath.Join(e.host, ".*switchback-*"))
 	if len(leftovers) > 0 {
 		t.Errorf("leftovers: %v", leftovers)
 	}
@@ -536,10 +538,10 @@ func TestRollbackCLIOffline(t *testing.T) {
 		t.Errorf("validate failure not shown:\n%s", out)
 	}
 	e.legacy.Fail(0)
-	os.WriteFile(filepath.Join(e.dir, "config/settings.toml"), []byte("drift"), 0o644)
+	os.WriteFile(filepath.Join(e.host, "config/settings.toml"), []byte("drift"), 0o644)
 	out, errOut, code = e.offline("validate", "--level", "standard")
 	mustCLI(t, 4, out, errOut, code, "validate standard with a drifted file")
-	os.WriteFile(filepath.Join(e.dir, "config/settings.toml"), []byte("a = 1\n"), 0o644)
+	os.WriteFile(filepath.Join(e.host, "config/settings.toml"), []byte("a = 1\n"), 0o644)
 
 	// verify: a corrupt object fails naming the path, and a rollback of
 	// that point refuses before touching anything.
