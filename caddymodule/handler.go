@@ -245,6 +245,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	})
 	if h.Trip == nil || !h.Trip.Off {
 		go h.monitor.Run(ctx)
+		go h.legacyWatchLoop(ctx)
 	}
 	if h.Probe != nil {
 		h.startProbe(ctx)

@@ -67,6 +67,48 @@ func (h *Handler) legacyHealth(now time.Time) (bool, string) {
 	return false, ""
 }
 
+// legacyWatchLoop keeps watching legacy while the switch is tripped. A trip
+// judges legacy at the instant it fires, when legacy's window may not yet
+// hold enough of its failures; once all traffic is on legacy, a legacy
+// that breaks the rules is marked unhealthy on the record, logged and
+// counted, so the gateway never shows a failing legacy as all well.
+func (h *Handler) legacyWatchLoop(ctx context.Context) {
+	tick := time.NewTicker(legacyWatchEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		rec, _ := h.sw.Record()
+		if !rec.Tripped || rec.LegacyUnhealthy {
+			continue
+		}
+		bad, why := h.legacyHealth(time.Now())
+		if !bad {
+			continue
+		}
+		changed := false
+		_, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+			if !cur.Tripped || cur.LegacyUnhealthy || !cur.Since.Equal(rec.Since) {
+				return false
+			}
+			cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = true, why
+			changed = true
+			return true
+		})
+		if !changed {
+			continue
+		}
+		h.logger.Error("switch is on legacy, but LEGACY ALSO UNHEALTHY", zap.String("legacy", why), zap.String("trip", rec.Reason), zap.Error(err))
+		h.app.emit("switchback.legacy_unhealthy", map[string]any{"switch": h.Name, "reason": why, "gateway": h.app.gateway})
+	}
+}
+
+// legacyWatchEvery is how often a tripped switch re-judges legacy.
+const legacyWatchEvery = 250 * time.Millisecond
+
 // noteRemoteTrip logs a trip that another gateway made.
 func (h *Handler) noteRemoteTrip(rec state.Switch) {
 	if rec.Gateway == h.app.gateway {
