@@ -119,6 +119,8 @@ func decodeBody(r *http.Request, v any) error {
 		switch {
 		case errors.As(err, &typeErr):
 			return apiErr(http.StatusBadRequest, "invalid request body: field %q must be a %s, got a JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return apiErr(http.StatusBadRequest, "invalid request body: malformed JSON: the body ends before the object does")
 		case errors.As(err, &syntaxErr):
 			return apiErr(http.StatusBadRequest, "invalid request body: malformed JSON at byte %d: %v", syntaxErr.Offset, err)
 		}

@@ -21,6 +21,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -125,10 +126,12 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 		return nil, fmt.Errorf("local state %s: %w: file locked by %s for more than %s",
 			s.path, state.ErrUnavailable, holders(s.path), s.opts.LockTimeout)
 	}
-	if errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrVersionMismatch) || errors.Is(err, bolterrors.ErrChecksum) {
-		return nil, fmt.Errorf("local state %s: not a valid bbolt database (%v); move it aside or point 'state local' at another file", s.path, err)
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("local state %s: %w", s.path, err)
 	}
-	return nil, fmt.Errorf("local state %s: %w", s.path, err)
+	// Anything else bbolt refuses (bad magic, version, checksum, a file too
+	// small or truncated) means the file is not a database we can use.
+	return nil, fmt.Errorf("local state %s: not a valid bbolt database (%v); move it aside or point 'state local' at another file", s.path, err)
 }
 
 func (s *Store) update(fn func(tx *bolt.Tx) error) error {
