@@ -31,7 +31,7 @@ func getRecorder(w http.ResponseWriter, hold bool) *recorder {
 	r.w, r.hold = w, hold
 	if hold {
 		for k, v := range w.Header() {
-			r.hdr[k] = v
+			r.hdr[k] = v[:len(v):len(v)] // an append copies, never writes the client's array
 		}
 	}
 	return r
@@ -53,7 +53,9 @@ func (r *recorder) Header() http.Header {
 	return r.w.Header()
 }
 
-// passHeaders makes the client's headers those the arm set.
+// passHeaders makes the client's headers those the arm set. From then on
+// the arm writes the client's header map directly, so what it sets after
+// WriteHeader, such as trailers, reaches the client.
 func (r *recorder) passHeaders() {
 	if !r.hold {
 		return
@@ -63,6 +65,7 @@ func (r *recorder) passHeaders() {
 	for k, v := range r.hdr {
 		h[k] = v
 	}
+	r.hold = false
 }
 
 func (r *recorder) WriteHeader(code int) {
