@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -219,7 +221,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	switch st.Source {
 	case "cookie":
 		h.cookieName = st.Name
-		secret := []byte(st.Secret)
+		// The secret may be a placeholder such as {env.SB_COOKIE_SECRET},
+		// so it never has to sit in the JSON config.
+		secret := []byte(caddy.NewReplacer().ReplaceKnown(st.Secret, ""))
 		if len(secret) == 0 {
 			if secret, err = h.app.cookieSecret(ctx); err != nil {
 				return fmt.Errorf("switch %s: %w", h.Name, err)
@@ -417,9 +421,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	rec := getRecorder(w, true)
 	defer putRecorder(rec)
+	ar := getArmRequest(r)
+	defer putArmRequest(ar)
 	start := time.Now()
 	setArm(repl, armConsolidated)
-	err := h.consolidated.ServeHTTP(rec, r, next)
+	err := h.consolidated.ServeHTTP(rec, &ar.req, next)
 	failed := err != nil || rec.status >= 500
 	h.observe(armConsolidated, start, rec, failed)
 	if !failed || rec.sent {
@@ -528,6 +534,42 @@ func (h *Handler) stickyKey(w http.ResponseWriter, r *http.Request) (string, boo
 		SameSite: http.SameSiteLaxMode,
 	})
 	return key, true
+}
+
+// armRequest is the copy of a replayable request that the consolidated arm
+// serves. Handlers in the arm (uri, rewrite, request_header) change the
+// request in place; on the copy, a replay on legacy still gets the request
+// as the client sent it. The copy has its own URL and header map, whose
+// values are capped so an append copies rather than writing the client's
+// arrays. Copies are pooled so the request path does not allocate; the arm
+// must not keep the request once its ServeHTTP returns, which holds for
+// reverse_proxy (it sends its own clone upstream).
+type armRequest struct {
+	req http.Request
+	url url.URL
+	hdr http.Header
+}
+
+var armRequests = sync.Pool{New: func() any { return &armRequest{hdr: make(http.Header)} }}
+
+func getArmRequest(r *http.Request) *armRequest {
+	a := armRequests.Get().(*armRequest)
+	a.req = *r
+	if r.URL != nil {
+		a.url = *r.URL
+		a.req.URL = &a.url
+	}
+	for k, v := range r.Header {
+		a.hdr[k] = v[:len(v):len(v)]
+	}
+	a.req.Header = a.hdr
+	return a
+}
+
+func putArmRequest(a *armRequest) {
+	clear(a.hdr)
+	a.req, a.url = http.Request{}, url.URL{}
+	armRequests.Put(a)
 }
 
 // replayBody is a request body buffered in memory so the request can be
