@@ -51,14 +51,15 @@ type faultUpstream struct {
 	firstFail atomic.Int64 // Unix ns of the first failing answer served
 	lastHit   atomic.Int64 // Unix ns of the latest request arrival
 
-	mu     sync.Mutex
-	bodies map[string][]byte
-	paths  map[string]int
+	mu      sync.Mutex
+	bodies  map[string][]byte
+	headers map[string]http.Header
+	paths   map[string]int
 }
 
 func newFaultUpstream(t testing.TB, name string) *faultUpstream {
 	t.Helper()
-	u := &faultUpstream{name: name, bodies: map[string][]byte{}, paths: map[string]int{}}
+	u := &faultUpstream{name: name, bodies: map[string][]byte{}, headers: map[string]http.Header{}, paths: map[string]int{}}
 	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
 	t.Cleanup(u.Server.Close)
 	return u
@@ -105,6 +106,7 @@ func (u *faultUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	u.paths[r.URL.Path]++
 	if id := r.Header.Get("X-Test-Id"); id != "" {
 		u.bodies[id] = body
+		u.headers[id] = r.Header.Clone()
 	}
 	u.mu.Unlock()
 	w.Header().Set("X-Upstream", u.name)
@@ -137,7 +139,20 @@ func (u *faultUpstream) serve(w http.ResponseWriter, r *http.Request) {
 		u.failed()
 		return
 	}
+	if r.URL.Path == "/trailer" {
+		w.Header().Set("Trailer", "X-Checksum")
+		fmt.Fprint(w, u.name)
+		w.Header().Set("X-Checksum", "sum-"+u.name)
+		return
+	}
 	fmt.Fprint(w, u.name)
+}
+
+func (u *faultUpstream) request(id string) (http.Header, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	h, ok := u.headers[id]
+	return h, ok
 }
 
 // failoverTemplate is a gateway with switch "main" split {WEIGHT}% to
@@ -851,4 +866,75 @@ func lastLines(s string, n int) string {
 		lines = append(lines, sc.Text())
 	}
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// armTemplate puts handlers that change the request in front of
+// consolidated's reverse_proxy, as a migration often must (a new path
+// prefix, a header).
+const armTemplate = `{
+	admin {ADMIN}
+	switchback {
+		state local {DIR}/state.db
+		backups {DIR}/backups
+		logs {DIR}/logs
+	}
+}
+http://{HTTP} {
+	switchback main {
+		mode consolidated
+		trip off
+		legacy {
+			reverse_proxy {LEGACY}
+		}
+		consolidated {
+			uri strip_prefix /api
+			request_header X-Arm consolidated
+			reverse_proxy {CONSOLIDATED}
+		}
+	}
+}
+`
+
+// TestReplayGetsTheClientRequest: a request replayed on legacy is the one
+// the client sent, not the one consolidated's handlers rewrote.
+func TestReplayGetsTheClientRequest(t *testing.T) {
+	legacy, consolidated := newFaultUpstream(t, "legacy"), newFaultUpstream(t, "consolidated")
+	g := StartGateway(t, GatewayConfig{Template: armTemplate, Extra: map[string]string{"LEGACY": legacy.Addr(), "CONSOLIDATED": consolidated.Addr()}})
+	consolidated.setFault(faultStatus, 0)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+g.HTTP+"/api/orders?id=7", nil)
+	req.Header.Set("X-Test-Id", "rewritten")
+	resp, err := Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "legacy" {
+		t.Fatalf("got %d %q, want legacy's answer", resp.StatusCode, b)
+	}
+	if n := consolidated.pathHits("/orders"); n != 1 {
+		t.Errorf("consolidated got /orders %d times, want 1 (its arm strips /api)", n)
+	}
+	if n := legacy.pathHits("/api/orders"); n != 1 {
+		t.Errorf("legacy got /api/orders %d times, want 1 (and /orders %d times)", n, legacy.pathHits("/orders"))
+	}
+	if h, ok := legacy.request("rewritten"); !ok || h.Get("X-Arm") != "" {
+		t.Errorf("legacy got X-Arm %q from consolidated's arm (seen %v)", h.Get("X-Arm"), ok)
+	}
+}
+
+// TestTrailersPassOnConsolidated: with replay on, consolidated's answer is
+// watched by a recorder that may hold it back; a trailer set after the
+// body must still reach the client.
+func TestTrailersPassOnConsolidated(t *testing.T) {
+	e := startFailover(t, "consolidated", 0, "trip off")
+	resp, err := Client.Get("http://" + e.g.HTTP + "/trailer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "consolidated" || resp.Trailer.Get("X-Checksum") != "sum-consolidated" {
+		t.Errorf("got %q with trailer %q, want consolidated with trailer sum-consolidated", b, resp.Trailer.Get("X-Checksum"))
+	}
 }
