@@ -1,0 +1,302 @@
+// Fleet benchmark: how fast a switch change on one gateway reaches the
+// others through Consul, and how fast the rollback-point catalog is on
+// Consul. It reports figures; it is not a timed pass/fail test. Run it with:
+//
+//	SWITCHBACK_BENCH=1 go test -run '^TestFleetBench$' -v -count=1 -timeout 15m ./tests/bench/
+//
+// SWITCHBACK_BENCH_TRIALS=N changes the number of propagation trials
+// (default 100).
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leanvibe/switchback/state"
+	"github.com/leanvibe/switchback/state/consul"
+	"github.com/leanvibe/switchback/state/consul/consultest"
+)
+
+const fleetBenchTemplate = `{
+	admin {ADMIN}
+	switchback {
+		state consul {
+			address {CONSUL}
+			prefix bench
+		}
+		gateway {NAME}
+		backups {DIR}/backups
+		logs {DIR}/logs
+	}
+}
+http://{HTTP} {
+	switchback main {
+		weight 50
+		mode split
+		sticky header X-User
+		legacy {
+			respond "legacy"
+		}
+		consolidated {
+			respond "consolidated"
+		}
+	}
+}
+`
+
+func TestFleetBench(t *testing.T) {
+	if os.Getenv("SWITCHBACK_BENCH") == "" {
+		t.Skip("set SWITCHBACK_BENCH=1 to run the fleet benchmark")
+	}
+	trials := 100
+	if v := os.Getenv("SWITCHBACK_BENCH_TRIALS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("SWITCHBACK_BENCH_TRIALS=%q: want a positive number", v)
+		}
+		trials = n
+	}
+	agent := consultest.Start(t)
+	bin := buildSwitchback(t)
+	var gws []*benchGateway
+	for i := range 3 {
+		gws = append(gws, startBenchGateway(t, bin, agent.Addr, fmt.Sprintf("gw-%d", i)))
+	}
+
+	// Propagation: a mode change through one gateway's admin API (written
+	// to Consul before the API answers) until the last of the three
+	// gateways shows it in GET /switchback/switches/main, each polled every
+	// millisecond. Trials alternate legacy and split, so each is a change,
+	// and the gateway that makes it rotates every two trials.
+	var lat []time.Duration
+	for i := range trials {
+		mode := "legacy"
+		if i%2 == 1 {
+			mode = "split"
+		}
+		d := propagate(t, gws, (i/2)%3, mode)
+		lat = append(lat, d)
+	}
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	t.Logf("propagation to the last of 3 gateways, %d mode changes: p50 %s, p90 %s, p99 %s, max %s",
+		len(lat), pct(0.50).Round(100*time.Microsecond), pct(0.90).Round(100*time.Microsecond),
+		pct(0.99).Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond))
+	if p99 := pct(0.99); p99 > 250*time.Millisecond {
+		t.Logf("NOTE: p99 %s is over the 250ms target", p99)
+	}
+
+	// Catalog: point records of about 2 KB created with CAS, as restore
+	// writes them, one writer and eight; then listing 1,000 of them.
+	ctx := context.Background()
+	st, err := consul.Open(consul.Config{Address: agent.Addr, Prefix: "bench-catalog"}, consul.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const creates = 500
+	start := time.Now()
+	for i := range creates {
+		if _, err := st.CAS(ctx, state.Key(state.NSPoints, fmt.Sprintf("pt-%06d", i)), pointRecord(t, i), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("create-point records, 1 writer: %.0f/s (%d in %s)", creates/time.Since(start).Seconds(), creates, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := creates + w; i < 1000; i += 8 {
+				if _, err := st.CAS(ctx, state.Key(state.NSPoints, fmt.Sprintf("pt-%06d", i)), pointRecord(t, i), 0); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("create-point records, 8 writers: %.0f/s (%d in %s)", (1000-creates)/time.Since(start).Seconds(), 1000-creates, time.Since(start).Round(time.Millisecond))
+	const lists = 50
+	start = time.Now()
+	for range lists {
+		l, err := st.List(ctx, state.NSPoints)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l) != 1000 {
+			t.Fatalf("listed %d points, want 1000", len(l))
+		}
+	}
+	el := time.Since(start)
+	t.Logf("list 1,000 points: %.1f lists/s (%s each)", lists/el.Seconds(), (el / lists).Round(100*time.Microsecond))
+	t.Logf("machine: %d CPUs, shared with other builds; figures vary from run to run", runtime.NumCPU())
+}
+
+// propagate changes the mode through gws[via] and returns how long until
+// every gateway shows it.
+func propagate(t *testing.T, gws []*benchGateway, via int, mode string) time.Duration {
+	t.Helper()
+	var wg sync.WaitGroup
+	seen := make([]time.Duration, len(gws))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, g := range gws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if g.mode(ctx) == mode {
+					seen[i] = time.Since(start)
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	body := fmt.Sprintf(`{"mode":%q,"reason":"bench"}`, mode)
+	resp, err := http.Post("http://"+gws[via].admin+"/switchback/switches/main/mode", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("mode %s: status %d: %s", mode, resp.StatusCode, b)
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("mode %s did not reach every gateway in 10s: %v", mode, seen)
+	}
+	return slices.Max(seen)
+}
+
+// pointRecord is a catalog record of about 2 KB, as restore writes one.
+func pointRecord(t testing.TB, i int) []byte {
+	t.Helper()
+	v, err := json.Marshal(map[string]any{
+		"id":              fmt.Sprintf("pt-%06d", i),
+		"type":            "full_system",
+		"created":         time.Unix(1_800_000_000+int64(i), 0).UTC(),
+		"size":            123456789,
+		"files":           4242,
+		"manifest_digest": strings.Repeat("ab", 32),
+		"tags":            []string{"nightly"},
+		"metadata":        map[string]string{"note": strings.Repeat("n", 1700)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// benchGateway is a running switchback process.
+type benchGateway struct {
+	admin string
+}
+
+var benchClient = &http.Client{Timeout: 5 * time.Second}
+
+// mode reads the gateway's mode of switch main, or "" on an error.
+func (g *benchGateway) mode(ctx context.Context) string {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.admin+"/switchback/switches/main", nil)
+	resp, err := benchClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var s struct {
+		Mode string `json:"mode"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&s) != nil {
+		return ""
+	}
+	return s.Mode
+}
+
+// buildSwitchback builds cmd/switchback (a copy of the tests package's
+// Binary, which this package does not import).
+func buildSwitchback(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
+	bin := filepath.Join(t.TempDir(), "switchback")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/switchback")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building switchback: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startBenchGateway starts a gateway of the bench fleet and stops it when
+// the test ends.
+func startBenchGateway(t *testing.T, bin, consulAddr, name string) *benchGateway {
+	t.Helper()
+	dir := t.TempDir()
+	g := &benchGateway{admin: freePort(t)}
+	cfg := strings.NewReplacer("{ADMIN}", g.admin, "{HTTP}", freePort(t), "{DIR}", dir, "{CONSUL}", consulAddr, "{NAME}", name).Replace(fleetBenchTemplate)
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for g.mode(context.Background()) == "" {
+		select {
+		case <-exited:
+			t.Fatalf("%s exited at start:\n%s", name, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not come up in 30s", name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return g
+}
