@@ -176,11 +176,17 @@ func (a *App) Start() error {
 	return nil
 }
 
-// Stop stops the sync loop and closes the store.
+// Stop stops the sync loop.
 func (a *App) Stop() error {
 	if a.cancel != nil {
 		a.cancel()
 	}
+	return nil
+}
+
+// Cleanup closes the store. Caddy calls it after Stop, and also when a
+// config fails to load after the app was provisioned.
+func (a *App) Cleanup() error {
 	if a.store != nil {
 		return a.store.Close()
 	}
@@ -503,6 +509,7 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // Interface guards.
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

@@ -93,6 +93,7 @@ type Handler struct {
 	probe        *health.Probe
 	signer       *cookieSigner
 	cookieName   string
+	cookieMaxAge int
 	headerName   string
 	stickyMode   string
 	replay       bool
@@ -221,6 +222,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	switch st.Source {
 	case "cookie":
 		h.cookieName = st.Name
+		h.cookieMaxAge = int(time.Duration(st.MaxAge).Seconds())
 		// The secret may be a placeholder such as {env.SB_COOKIE_SECRET},
 		// so it never has to sit in the JSON config.
 		secret := []byte(caddy.NewReplacer().ReplaceKnown(st.Secret, ""))
@@ -528,7 +530,7 @@ func (h *Handler) stickyKey(w http.ResponseWriter, r *http.Request) (string, boo
 		Name:     h.cookieName,
 		Value:    val,
 		Path:     "/",
-		MaxAge:   int(time.Duration(h.sticky().MaxAge).Seconds()),
+		MaxAge:   h.cookieMaxAge,
 		HttpOnly: true,
 		Secure:   r.TLS != nil,
 		SameSite: http.SameSiteLaxMode,
