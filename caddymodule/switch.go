@@ -164,6 +164,13 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 			if !fn(&n) {
 				return cur, false
 			}
+			// The change now comes after theirs, so it must supersede
+			// it: with the Since fn chose, older than theirs, a gateway
+			// holding a change from between the two (made during an
+			// outage) would wrongly win over it when it writes back.
+			if !n.Supersedes(cur) {
+				n.Since = later(cur.Since)
+			}
 			return n, true
 		}
 		return mine, !sameState(cur, mine)
@@ -179,6 +186,16 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 	}
 	sw.mu.Unlock()
 	return written, nil
+}
+
+// later returns a time after t: now, or just after t when the clock says
+// t is in the future (another host's clock may run ahead).
+func later(t time.Time) time.Time {
+	now := time.Now().UTC()
+	if now.After(t) {
+		return now
+	}
+	return t.Add(time.Microsecond)
 }
 
 // adopt takes a record read from the store, unless this gateway holds a

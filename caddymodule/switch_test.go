@@ -1,0 +1,120 @@
+package caddymodule
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/leanvibe/switchback/state"
+	"github.com/leanvibe/switchback/state/local"
+)
+
+// testApp is an App on a local store in a temp dir, enough for the
+// switch's change, persist and write-back paths.
+func testApp(t *testing.T) *App {
+	t.Helper()
+	st, err := local.Open(filepath.Join(t.TempDir(), "state.db"), local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &App{store: st, logger: zap.NewNop(), rt: new(appRuntime), gateway: "gw-test", registry: map[string]*Switch{}}
+}
+
+func putSwitch(t *testing.T, st state.Store, rec state.Switch) {
+	t.Helper()
+	if _, err := state.UpdateSwitch(context.Background(), st, rec.Name, func(state.Switch, bool) (state.Switch, bool) { return rec, true }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPersistRedecideIsNewer checks that a change re-decided on a record
+// another writer stored after it supersedes that record: its Since is not
+// left older, which would let a stale pending change win a later
+// write-back.
+func TestPersistRedecideIsNewer(t *testing.T) {
+	a := testApp(t)
+	ctx := context.Background()
+	t0 := time.Now().UTC().Add(-time.Minute)
+	sw := newSwitch("main")
+	sw.applyLocked(state.Switch{Name: "main", Mode: state.ModeSplit, Weight: 20, Since: t0}, false)
+
+	// Another gateway set consolidated after our trip's time.
+	tripAt := t0.Add(10 * time.Second)
+	theirs := state.Switch{Name: "main", Mode: state.ModeConsolidated, Weight: 20, Since: t0.Add(20 * time.Second)}
+	putSwitch(t, a.store, theirs)
+
+	trip := func(cur *state.Switch) bool {
+		if cur.Mode == state.ModeLegacy && cur.Tripped {
+			return false
+		}
+		cur.Mode, cur.Tripped, cur.Since = state.ModeLegacy, true, tripAt
+		return true
+	}
+	got, err := sw.change(ctx, a, trip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, _, err := state.GetSwitch(ctx, a.store, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.Mode != state.ModeLegacy || !stored.Tripped {
+		t.Fatalf("stored %s tripped=%v, want the trip re-decided on top", stored.Mode, stored.Tripped)
+	}
+	if !stored.Supersedes(theirs) {
+		t.Errorf("stored since %s does not supersede theirs (%s): the re-decided change went back in time", stored.Since, theirs.Since)
+	}
+	rec, pending := sw.Record()
+	if pending || !rec.Since.Equal(stored.Since) || !got.Since.Equal(stored.Since) {
+		t.Errorf("in memory since %s pending=%v, returned %s; want the stored %s", rec.Since, pending, got.Since, stored.Since)
+	}
+}
+
+// TestWriteBackKeepsNewerLocalChange checks that a write-back finishing
+// after a newer local change (a trip while the write was in flight) does
+// not replace that change in memory.
+func TestWriteBackKeepsNewerLocalChange(t *testing.T) {
+	a := testApp(t)
+	ctx := context.Background()
+	t0 := time.Now().UTC().Add(-time.Minute)
+	sw := newSwitch("main")
+	sw.applyLocked(state.Switch{Name: "main", Mode: state.ModeSplit, Weight: 30, Since: t0}, true)
+
+	// The store's switch is empty; the write-back writes our pending
+	// record. Simulate a trip landing in memory before it returns by
+	// tripping from inside the store's write path.
+	a.store = &hookStore{Store: a.store, beforeCAS: func() {
+		sw.changeLocal(func(cur *state.Switch) bool {
+			cur.Mode, cur.Tripped, cur.Since = state.ModeLegacy, true, t0.Add(time.Second)
+			return true
+		})
+	}}
+	if !a.writeBack(ctx, sw) {
+		t.Fatal("writeBack failed")
+	}
+	rec, pending := sw.Record()
+	if rec.Mode != state.ModeLegacy || !pending {
+		t.Fatalf("after write-back: %s pending=%v, want the newer trip kept, pending its own write", rec.Mode, pending)
+	}
+	if sw.view.Load().mode != state.ModeLegacy {
+		t.Fatalf("requests see %s, want legacy", sw.view.Load().mode)
+	}
+}
+
+// hookStore runs beforeCAS once, before the first CAS.
+type hookStore struct {
+	state.Store
+	beforeCAS func()
+}
+
+func (h *hookStore) CAS(ctx context.Context, key string, value []byte, version uint64) (uint64, error) {
+	if f := h.beforeCAS; f != nil {
+		h.beforeCAS = nil
+		f()
+	}
+	return h.Store.CAS(ctx, key, value, version)
+}
