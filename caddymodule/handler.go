@@ -422,14 +422,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	rec := getRecorder(w, true)
-	defer putRecorder(rec)
 	ar := getArmRequest(r)
-	defer putArmRequest(ar)
 	start := time.Now()
+	observed := false
+	defer func() {
+		if !observed {
+			// The arm panicked: reverse_proxy aborts a stream that broke
+			// after the status went out with http.ErrAbortHandler.
+			h.observe(armConsolidated, start, rec, true)
+		}
+		putArmRequest(ar)
+		putRecorder(rec)
+	}()
 	setArm(repl, armConsolidated)
 	err := h.consolidated.ServeHTTP(rec, &ar.req, next)
 	failed := err != nil || rec.status >= 500
 	h.observe(armConsolidated, start, rec, failed)
+	observed = true
 	if !failed || rec.sent {
 		return err
 	}
@@ -449,16 +458,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) serve(arm string, hd caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
 	setArm(repl, arm)
 	rec := getRecorder(w, false)
-	defer putRecorder(rec)
 	start := time.Now()
+	observed := false
+	defer func() {
+		if !observed {
+			h.observe(arm, start, rec, true) // the arm panicked, e.g. a broken stream
+		}
+		putRecorder(rec)
+	}()
 	err := hd.ServeHTTP(rec, r, next)
 	h.observe(arm, start, rec, err != nil || rec.status >= 500)
+	observed = true
 	return err
 }
 
+// The arm names boxed once, so setting the placeholder allocates nothing.
+var (
+	boxedLegacy       any = armLegacy
+	boxedConsolidated any = armConsolidated
+)
+
 func setArm(repl *caddy.Replacer, arm string) {
-	if repl != nil {
-		repl.Set("http.switchback.arm", arm)
+	if repl == nil {
+		return
+	}
+	if arm == armConsolidated {
+		repl.Set("http.switchback.arm", boxedConsolidated)
+	} else {
+		repl.Set("http.switchback.arm", boxedLegacy)
 	}
 }
 

@@ -1,0 +1,175 @@
+package caddymodule
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/state"
+)
+
+// armFunc is an arm that answers with a fixed status and body.
+type armFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (f armFunc) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	return f(w, r)
+}
+
+func answer(status int, body string) armFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-Arm", body)
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+		return nil
+	}
+}
+
+// testHandler is a Handler wired by hand, without a Caddy config, for the
+// request path alone.
+func testHandler(t testing.TB, mode state.Mode, weight int, legacy, consolidated caddyhttp.MiddlewareHandler) *Handler {
+	t.Helper()
+	h := &Handler{
+		Name:         "t",
+		legacy:       legacy,
+		consolidated: consolidated,
+		sw:           newSwitch("t"),
+		signer:       newCookieSigner([]byte("test")),
+		cookieName:   "sb_user",
+		stickyMode:   "cookie",
+		replay:       true,
+		maxBody:      DefaultReplayMaxBody,
+		logger:       zap.NewNop(),
+	}
+	win := h.sw.ensureWindows(10, 1e9)
+	h.monitor = health.NewMonitor(health.MonitorOptions{Rules: health.Rules{ConsecutiveFailures: 1 << 30, Window: 10e9}, Consolidated: win.consolidated, Legacy: win.legacy})
+	h.sw.view.Store(&view{mode: mode, weight: weight, threshold: threshold(weight)})
+	return h
+}
+
+func request(method, body string) *http.Request {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	r := httptest.NewRequest(method, "http://gw/", rd)
+	repl := caddy.NewReplacer()
+	return caddyhttp.PrepareRequest(r, repl, nil, nil)
+}
+
+func TestReplayOnLegacy(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		method     string
+		body       string
+		cons       caddyhttp.MiddlewareHandler
+		maxBody    int64
+		wantStatus int
+		wantBody   string
+		replays    uint64
+	}{
+		{"5xx replayed", "GET", "", answer(503, "down"), 0, 200, "legacy", 1},
+		{"transport error replayed", "GET", "", armFunc(func(http.ResponseWriter, *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF)
+		}), 0, 200, "legacy", 1},
+		{"4xx passes through", "GET", "", answer(404, "nope"), 0, 404, "nope", 0},
+		{"POST under limit replayed", "POST", "abc", answer(500, "boom"), 8, 200, "legacy:abc", 1},
+		{"POST over limit not replayed", "POST", "abcdefghij", answer(500, "boom"), 8, 500, "boom", 0},
+		{"streamed bytes not replayed", "GET", "", armFunc(func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(200)
+			io.WriteString(w, "partial")
+			return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF)
+		}), 0, 502, "partial", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			legacy := armFunc(func(w http.ResponseWriter, r *http.Request) error {
+				b, _ := io.ReadAll(r.Body)
+				out := "legacy"
+				if len(b) > 0 {
+					out += ":" + string(b)
+				}
+				w.Header().Set("X-Arm", "legacy")
+				io.WriteString(w, out)
+				return nil
+			})
+			h := testHandler(t, state.ModeConsolidated, 100, legacy, tc.cons)
+			if tc.maxBody > 0 {
+				h.maxBody = tc.maxBody
+			}
+			w := httptest.NewRecorder()
+			err := h.ServeHTTP(w, request(tc.method, tc.body), nil)
+			status := w.Code
+			if err != nil {
+				status = err.(caddyhttp.HandlerError).StatusCode
+			}
+			if status != tc.wantStatus || w.Body.String() != tc.wantBody {
+				t.Fatalf("got %d %q (err %v), want %d %q", status, w.Body.String(), err, tc.wantStatus, tc.wantBody)
+			}
+			if tc.replays > 0 && w.Header().Get("X-Arm") != "legacy" {
+				t.Errorf("a replayed answer carries consolidated's headers: %v", w.Header())
+			}
+			if got := h.sw.metrics.replays.Get(); got != tc.replays {
+				t.Errorf("replays = %d, want %d", got, tc.replays)
+			}
+		})
+	}
+}
+
+func TestModesAndObservation(t *testing.T) {
+	h := testHandler(t, state.ModeLegacy, 100, answer(200, "legacy"), answer(200, "consolidated"))
+	for i := 0; i < 10; i++ {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, request("GET", ""), nil)
+		if w.Body.String() != "legacy" {
+			t.Fatalf("mode legacy served %q", w.Body.String())
+		}
+	}
+	h.sw.view.Store(&view{mode: state.ModeConsolidated})
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, request("GET", ""), nil)
+	if w.Body.String() != "consolidated" {
+		t.Fatalf("mode consolidated served %q", w.Body.String())
+	}
+	if l, c := h.sw.metrics.requests[0].Get(), h.sw.metrics.requests[1].Get(); l != 10 || c != 1 {
+		t.Fatalf("requests legacy=%d consolidated=%d", l, c)
+	}
+}
+
+// BenchmarkServeHTTP measures the switch's own cost per request, with arms
+// that answer at once: the pick, the recorder, the observation and the
+// monitor. Caddy's replacer, which Caddy allocates per request anyway, is
+// made once outside the loop.
+func BenchmarkServeHTTP(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		mode state.Mode
+	}{{"legacy", state.ModeLegacy}, {"consolidated_with_replay", state.ModeConsolidated}, {"split_cookie", state.ModeSplit}} {
+		b.Run(bc.name, func(b *testing.B) {
+			ok := armFunc(func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(200); return nil })
+			h := testHandler(b, bc.mode, 50, ok, ok)
+			r := request("GET", "")
+			_, val := h.signer.issue()
+			r.Header.Set("Cookie", "sb_user="+val)
+			w := discardWriter{h: http.Header{}}
+			h.ServeHTTP(w, r, nil)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				h.ServeHTTP(w, r, nil)
+			}
+		})
+	}
+}
+
+type discardWriter struct{ h http.Header }
+
+func (d discardWriter) Header() http.Header         { return d.h }
+func (d discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d discardWriter) WriteHeader(int)             {}
