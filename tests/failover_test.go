@@ -938,3 +938,20 @@ func TestTrailersPassOnConsolidated(t *testing.T) {
 		t.Errorf("got %q with trailer %q, want consolidated with trailer sum-consolidated", b, resp.Trailer.Get("X-Checksum"))
 	}
 }
+
+// TestBrokenStreamsTrip: answers that die mid-body count as failures, so
+// a consolidated that breaks every stream trips the switch.
+func TestBrokenStreamsTrip(t *testing.T) {
+	e := startFailover(t, "consolidated", 0, "trip {\n consecutive_failures 3\n}")
+	e.consolidated.setFault(faultStream, 0)
+	for i := 0; i < 10 && !e.tripped(t); i++ {
+		if resp, err := Client.Get("http://" + e.g.HTTP + "/stream"); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	Eventually(t, 5*time.Second, "the switch to trip on broken streams", func() bool { return e.tripped(t) })
+	if m := e.g.metrics(t); metricValue(m, `switchback_failures_total{switch="main",arm="consolidated"}`) < 3 {
+		t.Errorf("failures_total{arm=consolidated} = %v, want at least 3", metricValue(m, `switchback_failures_total{switch="main",arm="consolidated"}`))
+	}
+}
