@@ -21,7 +21,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -301,7 +300,7 @@ func TestFailoverBench(t *testing.T) {
 			t.Fatalf("SWITCHBACK_BENCH_RATE=%q: want a positive number", s)
 		}
 	}
-	bin := foBuild(t)
+	bin := buildSwitchback(t)
 	haproxy, _ := exec.LookPath("haproxy")
 	if haproxy == "" {
 		t.Log("haproxy is not on PATH: switchback alone (apt-get install haproxy for the comparison)")
@@ -312,7 +311,7 @@ func TestFailoverBench(t *testing.T) {
 		{
 			legacy, consolidated := newFoUpstream(t, "legacy"), newFoUpstream(t, "consolidated")
 			dir := t.TempDir()
-			admin, addr := foPort(t), foPort(t)
+			admin, addr := freePort(t), freePort(t)
 			cfg := strings.NewReplacer("{ADMIN}", admin, "{HTTP}", addr, "{DIR}", dir,
 				"{LEGACY}", legacy.addr(), "{CONSOLIDATED}", consolidated.addr()).Replace(foCaddyfile)
 			path := filepath.Join(dir, "Caddyfile")
@@ -332,7 +331,7 @@ func TestFailoverBench(t *testing.T) {
 		{
 			legacy, consolidated := newFoUpstream(t, "legacy"), newFoUpstream(t, "consolidated")
 			dir := t.TempDir()
-			addr := foPort(t)
+			addr := freePort(t)
 			cfg := strings.NewReplacer("{HTTP}", addr, "{LEGACY}", legacy.addr(), "{CONSOLIDATED}", consolidated.addr()).Replace(foHAProxyCfg)
 			path := filepath.Join(dir, "haproxy.cfg")
 			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -370,30 +369,4 @@ func ratio(a, b time.Duration) string {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2fx", float64(a)/float64(b))
-}
-
-// foBuild builds cmd/switchback (a copy of the tests package's Binary,
-// which this package does not import).
-func foBuild(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
-	bin := filepath.Join(t.TempDir(), "switchback")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/switchback")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building switchback: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// foPort returns a free loopback host:port.
-func foPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
