@@ -49,7 +49,7 @@ func (h *Handler) tripped(v health.Verdict) {
 		if _, err := h.sw.persist(h.ctx, h.app, trip); err != nil {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
 		}
-		data := map[string]any{"switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
+		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
 		h.app.emit("switchback.tripped", data)
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
 	}()
@@ -189,7 +189,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 // gateway.
 func (h *Handler) recovered(ctx context.Context, rec state.Switch) {
 	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
-	data := map[string]any{"switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
+	data := map[string]any{"event": "recovered", "switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
 	h.app.emit("switchback.recovered", data)
 	go h.runActions(h.ctx, "on_recover", h.OnRecover, data)
 }
