@@ -726,7 +726,7 @@ func TestTripActionsAndMetrics(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "on_trip.sh")
 	reasonFile := filepath.Join(dir, "reason.txt")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\nprintf '%s' \"$SWITCHBACK_REASON\" > \"$1\"\n"), 0o755); err != nil {
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nprintf '%s' \"$SWITCHBACK_REASON\" > \"$1\"\nprintf '%s' \"$SWITCHBACK_EVENT\" > \"$1.event\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	opts := fmt.Sprintf("trip {\n consecutive_failures 5\n}\non_trip exec %s %s\non_trip webhook %s", script, reasonFile, hook.URL)
@@ -750,6 +750,9 @@ func TestTripActionsAndMetrics(t *testing.T) {
 	})
 	if b, _ := os.ReadFile(reasonFile); string(b) != s.Reason {
 		t.Errorf("exec saw SWITCHBACK_REASON %q, want %q", b, s.Reason)
+	}
+	if b, _ := os.ReadFile(reasonFile + ".event"); string(b) != "tripped" {
+		t.Errorf("exec saw SWITCHBACK_EVENT %q, want tripped", b)
 	}
 	Eventually(t, 15*time.Second, "the webhook to succeed on its third attempt", func() bool { return hookCalls.Load() >= 3 })
 	hookMu.Lock()
