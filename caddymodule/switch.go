@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -147,8 +148,9 @@ func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
 // persist writes a change made by changeLocal with CAS. If another writer
 // changed the store first, fn is applied again to what it wrote
 // (re-decide). If the store cannot be reached the change stays in memory,
-// pending, and the app's sync loop writes it when the store returns; the
-// returned error then wraps state.ErrUnavailable.
+// pending, and the app writes it when the store returns; the returned
+// error then wraps state.ErrUnavailable. On any other error, the caller's
+// cancellation included, the change stays pending all the same.
 func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Switch) bool) (state.Switch, error) {
 	mine, _ := sw.Record()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -176,7 +178,16 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 		return mine, !sameState(cur, mine)
 	})
 	if err != nil {
+		// The change holds on this gateway, pending; the app's write-back
+		// retries it. Only an unreachable store makes the store degraded:
+		// not a caller that gave up (a request gone, a config reload).
+		if ctx.Err() != nil {
+			return mine, err
+		}
 		app.storeFailed(err)
+		if !errors.Is(err, state.ErrUnavailable) {
+			return mine, fmt.Errorf("%w; the change holds on this gateway and its write is retried", err)
+		}
 		return mine, fmt.Errorf("%w: the change holds on this gateway and will be written when the store returns: %v", state.ErrUnavailable, err)
 	}
 	app.storeOK()

@@ -118,3 +118,48 @@ func (h *hookStore) CAS(ctx context.Context, key string, value []byte, version u
 	}
 	return h.Store.CAS(ctx, key, value, version)
 }
+
+// TestPersistCanceledIsNotDegraded checks that a write given up by its
+// caller (a request gone, a config reload) leaves the change pending
+// without calling the store degraded, and that the write-back takes it.
+func TestPersistCanceledIsNotDegraded(t *testing.T) {
+	a := testApp(t)
+	a.store = ctxStore{a.store}
+	sw := newSwitch("main")
+	a.registry["main"] = sw
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := sw.change(ctx, a, func(cur *state.Switch) bool {
+		cur.Mode, cur.Since = state.ModeLegacy, time.Now().UTC()
+		return true
+	})
+	if err == nil {
+		t.Fatal("change with a canceled context: no error")
+	}
+	if st := a.storeStatus(); st.Status != "ok" {
+		t.Fatalf("store %s (%s) after a canceled write, want ok", st.Status, st.Error)
+	}
+	if rec, pending := sw.Record(); rec.Mode != state.ModeLegacy || !pending {
+		t.Fatalf("after a canceled write: %s pending=%v, want legacy held pending", rec.Mode, pending)
+	}
+	if !a.writeBack(context.Background(), sw) {
+		t.Fatal("writeBack failed")
+	}
+	if stored, _, err := state.GetSwitch(context.Background(), a.store, "main"); err != nil || stored.Mode != state.ModeLegacy {
+		t.Fatalf("stored %v, %v; want legacy written back", stored.Mode, err)
+	}
+	if _, pending := sw.Record(); pending {
+		t.Fatal("still pending after the write-back")
+	}
+}
+
+// ctxStore answers a done context with its error, as the Consul store
+// does; the local store does not look at the context.
+type ctxStore struct{ state.Store }
+
+func (s ctxStore) Get(ctx context.Context, key string) (state.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return state.Entry{}, err
+	}
+	return s.Store.Get(ctx, key)
+}
