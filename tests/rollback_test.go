@@ -247,10 +247,11 @@ type opJSON struct {
 	Status           string `json:"status"`
 	DryRun           bool   `json:"dry_run"`
 	Steps            []struct {
-		Name     string `json:"name"`
-		Duration string `json:"duration"`
-		Error    string `json:"error"`
-		Detail   string `json:"detail"`
+		Name     string    `json:"name"`
+		Start    time.Time `json:"start"`
+		Duration string    `json:"duration"`
+		Error    string    `json:"error"`
+		Detail   string    `json:"detail"`
 	} `json:"steps_completed"`
 	Errors []string `json:"errors"`
 	Plan   *struct {
@@ -263,13 +264,14 @@ type opJSON struct {
 	} `json:"journal"`
 }
 
-func (op opJSON) step(name string) bool {
+// stepStart returns when step name began (zero if it did not run).
+func (op opJSON) stepStart(name string) time.Time {
 	for _, s := range op.Steps {
 		if s.Name == name {
-			return true
+			return s.Start
 		}
 	}
-	return false
+	return time.Time{}
 }
 
 func decode[T any](t testing.TB, what, out string) T {
