@@ -277,6 +277,7 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 func (a *App) syncLoop(ctx context.Context) {
 	var index uint64
 	backoff := time.Duration(0)
+	fast := 0 // watches in a row that returned at once
 	for ctx.Err() == nil {
 		began := time.Now()
 		entries, next, err := a.store.Watch(ctx, state.NSSwitches, index)
@@ -296,21 +297,41 @@ func (a *App) syncLoop(ctx context.Context) {
 			continue
 		}
 		a.storeOK()
+		prev := index
 		if next < index {
 			index = 0 // the store was reset: read everything again
 		} else {
 			index = next
 		}
 		a.reconcile(ctx, entries)
-		if time.Since(began) < 10*time.Millisecond && index != 0 {
-			// A watch may return early; don't let that become a hot loop.
+		// A watch returns at once when a change landed while the last
+		// one was being applied: follow it at once too, or a change that
+		// comes right after another waits out a pause (a 50ms pause here
+		// was most of the fleet's propagation time). But a watch must not
+		// become a hot loop: one that returns at once with nothing new
+		// backs off up to 50ms, and one that keeps returning at once with
+		// a new index (writes elsewhere moving it) is held to one round
+		// per fastPause.
+		if prev != 0 && time.Since(began) < 10*time.Millisecond {
+			fast++
+		} else {
+			fast = 0
+		}
+		switch {
+		case fast > 0 && next == prev:
 			backoff = nextBackoff(backoff)
 			sleep(ctx, min(backoff, 50*time.Millisecond))
-		} else {
+		case fast >= 3:
+			sleep(ctx, fastPause)
+		default:
 			backoff = 0
 		}
 	}
 }
+
+// fastPause is the sync loop's pause between watches that keep returning
+// at once with a new index.
+const fastPause = 5 * time.Millisecond
 
 // pendingLoop writes back switch changes that this gateway holds but the
 // store has not taken (a write that failed), without waiting for the

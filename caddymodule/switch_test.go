@@ -2,7 +2,9 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,4 +164,84 @@ func (s ctxStore) Get(ctx context.Context, key string) (state.Entry, error) {
 		return state.Entry{}, err
 	}
 	return s.Store.Get(ctx, key)
+}
+
+// watchStore is a store whose Watch is a function, for the sync loop.
+type watchStore struct {
+	state.Store
+	watch func(ctx context.Context, index uint64) ([]state.Entry, uint64, error)
+}
+
+func (w watchStore) Watch(ctx context.Context, ns string, index uint64) ([]state.Entry, uint64, error) {
+	return w.watch(ctx, index)
+}
+
+// TestSyncLoopPace checks the sync loop's pace: a change that follows
+// another at once is applied at once, and a watch that keeps returning at
+// once does not become a hot loop.
+func TestSyncLoopPace(t *testing.T) {
+	record := func(t *testing.T, mode state.Mode, since time.Time) []state.Entry {
+		b, err := json.Marshal(state.Switch{Name: "main", Mode: mode, Since: since})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []state.Entry{{Key: "switches/main", Value: b, Version: 1}}
+	}
+	t.Run("back-to-back changes", func(t *testing.T) {
+		a := testApp(t)
+		sw := newSwitch("main")
+		a.registry["main"] = sw
+		t0 := time.Now().UTC()
+		var calls atomic.Int64
+		a.store = watchStore{Store: a.store, watch: func(ctx context.Context, index uint64) ([]state.Entry, uint64, error) {
+			n := calls.Add(1)
+			switch n {
+			case 1:
+				return record(t, state.ModeSplit, t0), 1, nil
+			case 2, 3, 4:
+				// A change each time the loop asks: each returns at once.
+				return record(t, []state.Mode{state.ModeLegacy, state.ModeSplit, state.ModeLegacy}[n-2], t0.Add(time.Duration(n)*time.Second)), uint64(n), nil
+			}
+			<-ctx.Done()
+			return nil, index, ctx.Err()
+		}}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		start := time.Now()
+		go a.syncLoop(ctx)
+		for {
+			if rec, _ := sw.Record(); rec.Since.Equal(t0.Add(4 * time.Second)) {
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatal("the changes were not applied in 5s")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if took := time.Since(start); took > 40*time.Millisecond {
+			t.Errorf("three back-to-back changes took %s to apply, want no pause between them", took)
+		}
+	})
+	t.Run("no hot loop", func(t *testing.T) {
+		for _, progress := range []bool{true, false} {
+			a := testApp(t)
+			a.registry["main"] = newSwitch("main")
+			var calls atomic.Int64
+			a.store = watchStore{Store: a.store, watch: func(ctx context.Context, index uint64) ([]state.Entry, uint64, error) {
+				n := uint64(calls.Add(1))
+				if !progress && index != 0 {
+					n = index
+				}
+				return nil, n, nil
+			}}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			a.syncLoop(ctx)
+			cancel()
+			// At most one round per fastPause (5ms) with progress, fewer
+			// without: 40 in 200ms, and a margin.
+			if n := calls.Load(); n > 50 {
+				t.Errorf("progress=%v: %d watches in 200ms: a hot loop", progress, n)
+			}
+		}
+	})
 }
