@@ -1,6 +1,6 @@
 // Fleet benchmark: how fast a trip, or an admin mode change, on one
-// gateway reaches the others through Consul, and how fast the rollback-point catalog is on
-// Consul. It reports figures; it is not a timed pass/fail test. Run it with:
+// gateway reaches the others through Consul, and how fast the
+// rollback-point catalog is on Consul. It reports figures; it is not a timed pass/fail test. Run it with:
 //
 //	SWITCHBACK_BENCH=1 go test -run '^TestFleetBench$' -v -count=1 -timeout 15m ./tests/bench/
 //
