@@ -227,18 +227,27 @@ func (s *Store) List(ctx context.Context, ns string) ([]state.Entry, error) {
 	}
 	var out []state.Entry
 	err := s.view(func(tx *bolt.Tx) error {
-		b := bucketFor(tx, ns)
-		if b == nil {
-			return nil
+		var err error
+		out, err = entries(tx, ns)
+		return err
+	})
+	return out, err
+}
+
+// entries reads every entry of a namespace's bucket, in key order.
+func entries(tx *bolt.Tx, ns string) ([]state.Entry, error) {
+	b := bucketFor(tx, ns)
+	if b == nil {
+		return nil, nil
+	}
+	var out []state.Entry
+	err := b.ForEach(func(k, v []byte) error {
+		e, err := decode(state.Key(ns, string(k)), v)
+		if err != nil {
+			return err
 		}
-		return b.ForEach(func(k, v []byte) error {
-			e, err := decode(state.Key(ns, string(k)), v)
-			if err != nil {
-				return err
-			}
-			out = append(out, e)
-			return nil
-		})
+		out = append(out, e)
+		return nil
 	})
 	return out, err
 }
@@ -326,18 +335,9 @@ func (s *Store) Watch(ctx context.Context, ns string, index uint64) ([]state.Ent
 			if index != 0 && idx == index {
 				return nil
 			}
-			b := bucketFor(tx, ns)
-			if b == nil {
-				return nil
-			}
-			return b.ForEach(func(k, v []byte) error {
-				e, err := decode(state.Key(ns, string(k)), v)
-				if err != nil {
-					return err
-				}
-				out = append(out, e)
-				return nil
-			})
+			var err error
+			out, err = entries(tx, ns)
+			return err
 		})
 		if err != nil {
 			return nil, index, err
