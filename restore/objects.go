@@ -181,6 +181,25 @@ func (s *objectStore) check(d string, size int64) (missing bool, err error) {
 	return false, nil
 }
 
+// checkSize reports whether object d is missing or has the wrong size,
+// without reading it.
+func (s *objectStore) checkSize(d string, size int64) (missing bool, err error) {
+	if err := checkDigest(d); err != nil {
+		return false, err
+	}
+	info, err := os.Lstat(s.path(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, fmt.Errorf("object %s missing", d[:12])
+	}
+	if err != nil {
+		return false, err
+	}
+	if !info.Mode().IsRegular() || info.Size() != size {
+		return false, fmt.Errorf("object %s has %d bytes, manifest says %d", d[:12], info.Size(), size)
+	}
+	return false, nil
+}
+
 // walk calls fn for every object in the store with its modification time.
 func (s *objectStore) walk(ctx context.Context, fn func(d string, info fs.FileInfo) error) error {
 	fans, err := os.ReadDir(s.dir)

@@ -39,6 +39,10 @@ type Point struct {
 	Parent string `json:"parent,omitempty"`
 	// Auto is "pre-rollback" for the automatic point a restore makes.
 	Auto string `json:"auto,omitempty"`
+	// Op is the operation that created the point. Recovery uses it to
+	// find the pre-rollback point of a restore that died before its record
+	// named it.
+	Op string `json:"op,omitempty"`
 	// LastVerified is when VerifyPoint last ran; Verified is its result.
 	LastVerified *time.Time `json:"last_verified,omitempty"`
 	Verified     bool       `json:"verified"`
@@ -172,7 +176,7 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 		Type: spec.typ, Components: spec.components, Roots: spec.roots,
 		Created: m.now(), Size: size, Files: files, ManifestDigest: digest,
 		Metadata: spec.metadata, Tags: spec.tags, Trigger: spec.trigger,
-		Host: m.opts.Host, Auto: spec.auto,
+		Host: m.opts.Host, Auto: spec.auto, Op: opID,
 	}
 	for par := range parents {
 		p.Parent = par // one root's parent; informational

@@ -87,9 +87,19 @@ func (m *Manager) recoverOp(ctx context.Context, op *Operation) error {
 	now := m.now()
 	op.Recovered, op.RecoveredBy = &now, m.opts.Host
 	j := op.Journal
-	if j == nil || (op.Kind != KindRollback && op.Kind != KindEmergency) {
+	if op.Kind != KindRollback && op.Kind != KindEmergency {
 		m.finish(ctx, op, errors.New("process died before finishing; nothing to recover"))
 		return nil
+	}
+	if j == nil {
+		// Died before staging: the live paths were never touched, but a
+		// pre-rollback point may have been recorded.
+		err := m.step(ctx, op, "recover_roll_back", func(s *Step) error {
+			s.Detail = "died before staging; live paths untouched"
+			return m.dropPreRollbackPoints(ctx, op)
+		})
+		m.finish(ctx, op, errors.Join(errors.New("process died before staging; nothing to recover"), err))
+		return err
 	}
 	forward := j.Phase == PhaseSwapping || j.Phase == PhaseSwapped || j.Phase == PhaseDone
 	var err error
@@ -111,11 +121,7 @@ func (m *Manager) recoverOp(ctx context.Context, op *Operation) error {
 			for _, jr := range j.Roots {
 				errs = append(errs, rollBackRoot(jr))
 			}
-			if op.PreRollbackPoint != "" {
-				if err := m.deletePoint(ctx, op.PreRollbackPoint); err != nil {
-					errs = append(errs, err)
-				}
-			}
+			errs = append(errs, m.dropPreRollbackPoints(ctx, op))
 			return errors.Join(errs...)
 		})
 		if err == nil {
@@ -131,4 +137,23 @@ func (m *Manager) recoverOp(ctx context.Context, op *Operation) error {
 	}
 	m.finish(ctx, op, err)
 	return err
+}
+
+// dropPreRollbackPoints deletes the automatic point op made of the state
+// before it: the one its record names, and any its process recorded in
+// the catalog but died before naming (found by the point's op).
+func (m *Manager) dropPreRollbackPoints(ctx context.Context, op *Operation) error {
+	pts, err := m.listPoints(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range pts {
+		if p.ID == op.PreRollbackPoint || p.Auto == AutoPreRollback && p.Op == op.ID {
+			if err := m.deletePoint(ctx, p.ID); err != nil && !errors.Is(err, state.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -2,6 +2,8 @@ package restore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/leanvibe/switchback/state"
 )
@@ -143,7 +147,8 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 			return err
 		}
 		op.Only = opts.Only
-		if plan, err = m.diff(ctx, targets); err != nil {
+		var toCopy map[string]bool
+		if plan, toCopy, err = m.diff(ctx, targets); err != nil {
 			return err
 		}
 		op.Plan = &plan
@@ -151,7 +156,7 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 			s.Detail = "skipped (forced)"
 			return nil
 		}
-		if _, err := m.checkObjects(ctx, op.ID, p.ID, mf); err != nil {
+		if _, err := m.checkObjects(ctx, op.ID, p.ID, mf, toCopy); err != nil {
 			return err
 		}
 		if err := m.checkSpace(targets, plan); err != nil {
@@ -548,7 +553,12 @@ func sameTree(a, b RootManifest) bool {
 }
 
 // diff compares the live paths with the targets by metadata (no hashing).
-func (m *Manager) diff(ctx context.Context, targets []target) (Plan, error) {
+// It also returns the digests of the files staging will copy from objects:
+// those added or modified (any file whose type, mode, size or mtime
+// differs from the live one). A file that matches by metadata is linked
+// from the live tree when its digest matches too; see doc.go.
+func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]bool, error) {
+	toCopy := map[string]bool{}
 	p := Plan{Added: []string{}, Removed: []string{}, Modified: []string{}}
 	for _, t := range targets {
 		live := map[string]Entry{}
@@ -569,7 +579,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, error) {
 			err = nil
 		}
 		if err != nil {
-			return p, passCanceled(ctx, err)
+			return p, nil, passCanceled(ctx, err)
 		}
 		in := func(rel string) bool { return t.only == nil || underAny(rel, t.only) }
 		abs := func(rel string) string {
@@ -589,10 +599,14 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, error) {
 			case !ok:
 				p.Added = append(p.Added, abs(e.Path))
 				p.BytesToWrite += e.Size
+				if e.Type == EntryFile {
+					toCopy[e.Digest] = true
+				}
 			case l.Type != e.Type || l.Mode != e.Mode || l.Type == EntryFile && (l.Size != e.Size || l.MTime != e.MTime) || l.Type == EntrySymlink && l.Target != e.Target:
 				p.Modified = append(p.Modified, abs(e.Path))
 				if e.Type == EntryFile {
 					p.BytesToWrite += e.Size
+					toCopy[e.Digest] = true
 				}
 			}
 		}
@@ -606,7 +620,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, error) {
 		p.Removed = append(p.Removed, removed...)
 	}
 	p.AddedCount, p.RemovedCount, p.ModifiedCount = len(p.Added), len(p.Removed), len(p.Modified)
-	return p, nil
+	return p, toCopy, nil
 }
 
 func entryFromInfo(rel string, info fs.FileInfo) Entry {
@@ -713,7 +727,12 @@ func (st *stager) build(ctx context.Context) error {
 		return stageName + "/" + rel
 	}
 	entries := st.t.desired.Entries
-	var files []int
+	// Files are staged per directory, through a handle on the stage
+	// directory and one on the live directory, so each link or create
+	// resolves a single name instead of the whole path.
+	var units []*dirUnit
+	unitOf := map[string]*dirUnit{}
+	var rootFile *Entry
 	for i, e := range entries {
 		if err := st.check(); err != nil {
 			return err
@@ -729,36 +748,40 @@ func (st *stager) build(ctx context.Context) error {
 				return fmt.Errorf("staging %s: %w", st.t.root, err)
 			}
 		case EntryFile:
-			files = append(files, i)
+			if e.Path == "." {
+				rootFile = &entries[i]
+				continue
+			}
+			d := path.Dir(e.Path)
+			u := unitOf[d]
+			if u == nil {
+				u = &dirUnit{dir: d}
+				unitOf[d] = u
+				units = append(units, u)
+			}
+			u.files = append(u.files, i)
 		}
 	}
-	pr := st.m.progress(st.opID, "stage "+st.t.root, int64(len(files)), 0)
+	nfiles := 0
+	for _, u := range units {
+		nfiles += len(u.files)
+	}
+	if rootFile != nil {
+		nfiles++
+	}
+	pr := st.m.progress(st.opID, "stage "+st.t.root, int64(nfiles), 0)
 	defer pr.done()
-	err = parallel(ctx, st.m.opts.Workers*2, len(files), func(k int) error {
-		if err := st.check(); err != nil {
-			return err
-		}
-		e := entries[files[k]]
-		if e.Path != "." {
-			if l, ok := liveBy[e.Path]; ok && sameEntry(l, e) {
-				// Link the live file if it is still the one the
-				// pre-rollback point recorded.
-				if info, err := r.Lstat(base + "/" + e.Path); err == nil && info.Mode().IsRegular() &&
-					inoOf(info) == l.Ino && info.Size() == l.Size && info.ModTime().UnixNano() == l.MTime {
-					if err := r.Link(base+"/"+e.Path, name(e.Path)); err == nil {
-						st.linked.Add(1)
-						pr.add(1, 0)
-						return nil
-					}
-				}
-			}
-		}
-		if err := st.copyObject(r, e, name(e.Path)); err != nil {
+	if rootFile != nil {
+		if err := st.copyObject(r, *rootFile, name(".")); err != nil {
 			return err
 		}
 		st.copied.Add(1)
-		pr.add(1, e.Size)
-		return nil
+		pr.add(1, rootFile.Size)
+	}
+	// Biggest directories first, so the workers finish together.
+	sort.SliceStable(units, func(i, j int) bool { return len(units[i].files) > len(units[j].files) })
+	err = parallel(ctx, st.m.opts.Workers*2, len(units), func(k int) error {
+		return st.stageDir(r, base, name, liveBy, units[k], pr)
 	})
 	if err != nil {
 		return err
@@ -784,6 +807,118 @@ func (st *stager) build(ctx context.Context) error {
 	st.jr.StageIno = inoOf(info)
 	if info, err := os.Lstat(st.jr.Path); err == nil {
 		st.jr.LiveIno = inoOf(info)
+	}
+	return nil
+}
+
+// dirUnit is one directory of a stage and the indexes of its files.
+type dirUnit struct {
+	dir   string
+	files []int
+}
+
+// stageDir links or copies the files of one directory. The live directory
+// is used only if it is still the directory the pre-rollback point
+// recorded (same inode), and only regular files are linked from it.
+func (st *stager) stageDir(r *os.Root, base string, name func(string) string, liveBy map[string]Entry, u *dirUnit, pr *progressReporter) error {
+	sd, err := r.Open(name(u.dir))
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	defer sd.Close()
+	stageFd := int(sd.Fd())
+	liveFd := -1
+	liveRel := base
+	if u.dir != "." {
+		liveRel = base + "/" + u.dir
+	}
+	if l, ok := liveBy[u.dir]; ok && l.Type == EntryDir {
+		if ld, err := r.Open(liveRel); err == nil {
+			defer ld.Close()
+			if info, err := ld.Stat(); err == nil && info.IsDir() && inoOf(info) == l.Ino {
+				liveFd = int(ld.Fd())
+			}
+		}
+	}
+	entries := st.t.desired.Entries
+	for _, i := range u.files {
+		if err := st.check(); err != nil {
+			return err
+		}
+		e := entries[i]
+		leaf := path.Base(e.Path)
+		if l, ok := liveBy[e.Path]; ok && liveFd >= 0 && sameEntry(l, e) {
+			// Link the live file if it is still the one the pre-rollback
+			// point recorded.
+			var s unix.Stat_t
+			if unix.Fstatat(liveFd, leaf, &s, unix.AT_SYMLINK_NOFOLLOW) == nil && s.Mode&unix.S_IFMT == unix.S_IFREG &&
+				s.Ino == l.Ino && s.Size == l.Size && s.Mtim.Nano() == l.MTime {
+				if unix.Linkat(liveFd, leaf, stageFd, leaf, 0) == nil {
+					st.linked.Add(1)
+					pr.add(1, 0)
+					continue
+				}
+			}
+		}
+		if err := st.copyObjectAt(stageFd, leaf, e); err != nil {
+			return err
+		}
+		st.copied.Add(1)
+		pr.add(1, e.Size)
+	}
+	return nil
+}
+
+// copyObjectAt writes entry e's content from the object store to leaf in
+// the stage directory dirFd, checking the content against its digest as it
+// copies, and syncs it.
+func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
+	src, err := st.m.objects.open(e.Digest)
+	if err != nil {
+		return userErr(ErrVerifyFailed, "content of %s/%s: %v", st.t.root, e.Path, err)
+	}
+	defer src.Close()
+	fd, err := unix.Openat(dirFd, leaf, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	dst := os.NewFile(uintptr(fd), leaf)
+	var w io.Writer = dst
+	if st.m.newWriter != nil {
+		w = st.m.newWriter(dst)
+	}
+	h := sha256.New()
+	buf := getBuf()
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), src, *buf)
+	putBuf(buf)
+	if err == nil && n != e.Size {
+		err = userErr(ErrVerifyFailed, "object %s has %d bytes, manifest says %d", short(e.Digest), n, e.Size)
+	}
+	if err == nil && hex.EncodeToString(h.Sum(nil)) != e.Digest {
+		err = userErr(ErrVerifyFailed, "content of %s/%s: object %s is corrupt", st.t.root, e.Path, short(e.Digest))
+	}
+	if err == nil {
+		err = dst.Chmod(fileMode(e.Mode))
+	}
+	if err == nil {
+		ts := unix.NsecToTimespec(e.MTime)
+		err = unix.UtimesNanoAt(dirFd, leaf, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err == nil {
+		err = dst.Sync()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return userErr(err, "disk full while staging %s/%s: %v", st.t.root, e.Path, err)
+	}
+	if err != nil {
+		var ue *Error
+		if errors.As(err, &ue) {
+			return err
+		}
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
 	}
 	return nil
 }
@@ -997,9 +1132,64 @@ func removeLeftovers(jr JournalRoot) error {
 		if !strings.Contains(filepath.Base(p), ".switchback-") {
 			continue
 		}
-		if err := os.RemoveAll(p); err != nil {
+		if err := removeTree(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeTree removes the tree at p like os.RemoveAll, in parallel: the
+// entries of its top two levels are removed by concurrent workers. It
+// works through directory handles opened with O_NOFOLLOW, name by name,
+// so it never follows a symlink. Whatever it leaves is then given to
+// os.RemoveAll, whose error is returned.
+func removeTree(p string) error {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		removeChildren(fd, 2)
+		unix.Close(fd)
+	}
+	return os.RemoveAll(p)
+}
+
+// removeChildren removes what the directory dirFd holds; the first levels
+// (while parallelLevels > 0) in parallel.
+func removeChildren(dirFd int, parallelLevels int) {
+	names, err := readNames(dirFd)
+	if err != nil {
+		return
+	}
+	removeOne := func(i int) error {
+		name := names[i]
+		if unix.Unlinkat(dirFd, name, 0) == nil {
+			return nil
+		}
+		fd, err := unix.Openat(dirFd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil
+		}
+		removeChildren(fd, parallelLevels-1)
+		unix.Close(fd)
+		unix.Unlinkat(dirFd, name, unix.AT_REMOVEDIR)
+		return nil
+	}
+	if parallelLevels > 0 {
+		parallel(context.Background(), 2*defaultWorkers(), len(names), removeOne)
+		return
+	}
+	for i := range names {
+		removeOne(i)
+	}
+}
+
+// readNames lists the directory dirFd without closing it.
+func readNames(dirFd int) ([]string, error) {
+	dup, err := unix.Dup(dirFd)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dup), "")
+	defer f.Close()
+	return f.Readdirnames(-1)
 }

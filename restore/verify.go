@@ -113,14 +113,17 @@ func (m *Manager) verify(ctx context.Context, opID string, p Point) (VerifyRepor
 		rep.ManifestError = err.Error()
 		return rep, err
 	}
-	rep, err = m.checkObjects(ctx, opID, p.ID, mf)
+	rep, err = m.checkObjects(ctx, opID, p.ID, mf, nil)
 	rep.Checked = m.now()
 	rep.Duration = Duration(time.Since(t0))
 	return rep, err
 }
 
-// checkObjects re-hashes every object mf references, in parallel.
-func (m *Manager) checkObjects(ctx context.Context, opID, id string, mf *Manifest) (VerifyReport, error) {
+// checkObjects re-hashes the objects mf references, in parallel. With
+// hash nil it re-hashes every object; otherwise only those in hash, and
+// checks the others' presence and size (a restore reads only the objects
+// it copies; see doc.go).
+func (m *Manager) checkObjects(ctx context.Context, opID, id string, mf *Manifest, hash map[string]bool) (VerifyReport, error) {
 	rep := VerifyReport{Point: id}
 	t0 := time.Now()
 	type ref struct{ root, path string }
@@ -143,14 +146,24 @@ func (m *Manager) checkObjects(ctx context.Context, opID, id string, mf *Manifes
 	sort.Slice(digests, func(i, j int) bool { return sizes[digests[i]] > sizes[digests[j]] })
 	var total int64
 	for _, d := range digests {
-		total += sizes[d]
+		if hash == nil || hash[d] {
+			total += sizes[d]
+		}
 	}
 	pr := m.progress(opID, "verify "+id, int64(len(digests)), total)
 	var mu sync.Mutex
 	var bytes atomic.Int64
-	err := parallel(ctx, m.opts.Workers, len(digests), func(i int) error {
+	// Twice as many workers as cores: small objects cost an open and a
+	// read each, which overlap with hashing.
+	err := parallel(ctx, 2*m.opts.Workers, len(digests), func(i int) error {
 		d := digests[i]
-		missing, err := m.objects.check(d, sizes[d])
+		var missing bool
+		var err error
+		if hash == nil || hash[d] {
+			missing, err = m.objects.check(d, sizes[d])
+		} else {
+			missing, err = m.objects.checkSize(d, sizes[d])
+		}
 		if err != nil {
 			kind := "corrupt"
 			if missing {
@@ -161,10 +174,14 @@ func (m *Manager) checkObjects(ctx context.Context, opID, id string, mf *Manifes
 				rep.Problems = append(rep.Problems, Problem{Root: r.root, Path: r.path, Digest: d, Kind: kind, Error: err.Error()})
 			}
 			mu.Unlock()
-		} else {
+		} else if hash == nil || hash[d] {
 			bytes.Add(sizes[d])
 		}
-		pr.add(1, sizes[d])
+		if hash == nil || hash[d] {
+			pr.add(1, sizes[d])
+		} else {
+			pr.add(1, 0)
+		}
 		return nil
 	})
 	pr.done()
