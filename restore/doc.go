@@ -31,9 +31,10 @@
 // Rollback runs these steps, each recorded in the operation's
 // steps_completed with its start, duration and error:
 //
-//  1. pre_checks: the point exists, its manifest matches its digest, every
-//     object re-hashes to its name, and each filesystem has room for what
-//     will be written (statfs, with a margin). Force skips these only.
+//  1. pre_checks: the point exists, its manifest matches its digest, its
+//     objects are present with their recorded sizes, every object staging
+//     will copy re-hashes to its name, and each filesystem has room for
+//     what will be written (statfs, with a margin). Force skips these only.
 //  2. lock: the state store's restore lock (fleet-wide with Consul, a
 //     cross-process flock with the local store). A held lock fails with
 //     ErrRestoreInProgress: "restore in progress on HOST (op ID)".
@@ -47,7 +48,12 @@
 //     re-checked by inode, size and mtime) is hard-linked from the live
 //     tree; only differing content is copied from objects. Directory modes
 //     and mtimes are set once they are filled.
-//  6. fsync: every copied file and every staged directory.
+//     Files are staged directory by directory, through a handle on the
+//     stage directory and one on the live directory (used only if its
+//     inode is the one the pre-rollback point recorded), so each link or
+//     create resolves one name. Every copied file is hashed as it is
+//     written and must match its digest, then synced.
+//  6. fsync: every staged directory (the files were synced as written).
 //  7. swap: each root is exchanged with its stage by renameat2
 //     RENAME_EXCHANGE, one atomic step; where the filesystem cannot, the
 //     live tree is renamed to ".<name>.switchback-old-<op>" and the stage
@@ -55,6 +61,21 @@
 //  8. post_restore hook.
 //  9. validate: the restored roots are compared with the point (types,
 //     modes, sizes, mtimes, link targets) and the validate URLs queried.
+//
+// A restore costs in proportion to what changed, pre-checks included: only
+// objects that will be read are re-hashed. An object is read only for a
+// file added or modified (by type, mode, size or mtime) relative to the
+// live tree. A file whose metadata matches is linked from the live tree
+// when the pre-rollback point, taken under the lock, gives it the
+// point's digest; that digest was either hashed just now or reused from
+// an earlier point for the same inode, size and mtime, the same trust
+// every point creation places in unchanged files. Its object is not
+// read, so a rotten copy of it does not stop this restore (it only checks
+// that the object is present and of the right size); point verify finds
+// it. Should staging copy an object the pre-checks did not hash (a file
+// whose content changed while keeping size and mtime), the hash computed
+// while copying still refuses corrupt content, before anything is
+// swapped.
 //
 // The live tree is never written in place. Manifest paths are not
 // trusted: absolute paths, "..", empty segments and entries whose parent is
@@ -90,7 +111,10 @@
 // live restore) and finishes every restore still "running": from
 // staging or reverting it rolls back (the live names keep, or get back,
 // the old trees, found by inode; stages are removed; the pre-rollback point
-// is dropped) and records status rolled_back; from swapping on it rolls
+// is dropped, found by its op even when the process died between
+// recording it and naming it in the operation) and records status
+// rolled_back; a restore that died before staging is marked failed, its
+// pre-rollback point dropped the same way. From swapping on it rolls
 // forward (the stages are complete, so every root gets its new tree) and
 // records rolled_forward. Both decisions look at what is at the live, stage
 // and old names and compare inodes, so they work from any state a crash
