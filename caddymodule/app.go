@@ -480,20 +480,21 @@ func (a *App) cookieSecret(ctx context.Context) ([]byte, error) {
 			if errors.Is(err, state.ErrNotFound) {
 				raw := make([]byte, 32)
 				rand.Read(raw)
-				if _, err := a.store.CAS(wctx, key, []byte(hex.EncodeToString(raw)), 0); err == nil {
+				// err is now the write's: a store lost between the read
+				// and the write is unavailable, not "not found".
+				if _, err = a.store.CAS(wctx, key, []byte(hex.EncodeToString(raw)), 0); err == nil {
 					a.rt.secret = raw
 					return
-				} else if errors.Is(err, state.ErrConflict) {
+				}
+				if errors.Is(err, state.ErrConflict) {
 					continue // another gateway made one first
 				}
 			}
 			if errors.Is(err, state.ErrUnavailable) {
 				break
 			}
-			if err != nil {
-				a.rt.secretErr = fmt.Errorf("reading cookie secret: %w", err)
-				return
-			}
+			a.rt.secretErr = fmt.Errorf("reading cookie secret: %w", err)
+			return
 		}
 		a.logger.Warn("state store unavailable: signing sticky cookies with a key for this process only")
 		a.rt.secret = make([]byte, 32)
