@@ -49,6 +49,19 @@
 // Options.LockMonitorRetries × one second. A holder must stop what the lock
 // protects when Lost closes.
 //
+// # Deployment
+//
+// A Store talks to one agent address. Run a Consul client agent on every
+// gateway host and point the Store at it (the default, 127.0.0.1:8500):
+// the client agent forwards to whichever server leads, so losing a server,
+// the leader included, costs the fleet only an election, a few seconds in
+// which writes and blocking queries fail with "No cluster leader" and the
+// gateways serve on what they know. Pointing a gateway straight at a
+// server works too (the fleet tests do, one server per gateway), but then
+// that server's death cuts the gateway off until it returns: the gateway
+// keeps serving on its last known state, still trips locally, reports the
+// store degraded, and reconciles when the server is back.
+//
 // # Unavailability
 //
 // Errors that mean Consul could not be reached or could not answer
