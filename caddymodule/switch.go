@@ -179,8 +179,8 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 	})
 	if err != nil {
 		// The change holds on this gateway, pending; the app's write-back
-		// retries it. Only an unreachable store makes the store degraded:
-		// not a caller that gave up (a request gone, a config reload).
+		// retries it. A caller that gave up (a request gone, a config
+		// reload) says nothing about the store, so it is not degraded.
 		if ctx.Err() != nil {
 			return mine, err
 		}
