@@ -444,7 +444,8 @@ func (c *Cluster) WaitLeader(t testing.TB) int {
 }
 
 // waitReady waits until a has a leader, knows servers raft peers (when
-// servers > 0), and has its own node in the catalog, which sessions need.
+// servers > 0), and has its own node and its serfHealth check in the
+// catalog, which sessions need.
 func waitReady(a *Agent, servers int) error {
 	deadline := time.Now().Add(StartTimeout)
 	var last string
@@ -462,11 +463,16 @@ func waitReady(a *Agent, servers int) error {
 		default:
 			peers, _ := get(a.Addr, "/v1/status/peers")
 			node, _ := get(a.Addr, "/v1/catalog/node/"+a.Name)
+			checks, _ := get(a.Addr, "/v1/health/node/"+a.Name)
 			switch {
 			case servers > 0 && strings.Count(peers, ":") < servers:
 				last = "raft peers " + peers
 			case node == "" || node == "null":
 				last = "node not registered yet"
+			case !strings.Contains(checks, "serfHealth"):
+				// A session needs the node's serfHealth check; without
+				// it session creation fails with "Missing check".
+				last = "serfHealth check not registered yet"
 			default:
 				return nil
 			}
