@@ -88,9 +88,10 @@ type appRuntime struct {
 	storeErr   string
 	storeSince time.Time
 
-	secretOnce sync.Once
-	secret     []byte
-	secretErr  error
+	secretOnce      sync.Once
+	secret          []byte
+	secretErr       error
+	secretEphemeral atomic.Bool // secret is this process's own, not the store's
 }
 
 // StateConfig selects and configures the state store.
@@ -438,6 +439,9 @@ func (a *App) storeOK() {
 	if a.rt.degraded.Swap(false) {
 		a.logger.Info("state store reachable again", zap.String("store", a.store.Describe()), zap.Duration("outage", time.Since(a.rt.storeSince)))
 		a.rt.storeErr, a.rt.storeSince = "", time.Now()
+		if a.rt.secretEphemeral.Load() {
+			go a.refreshSecret(a.ctx)
+		}
 	}
 }
 
@@ -465,42 +469,78 @@ func (a *App) storeStatus() StoreStatus {
 // process and cookies are re-issued later.
 func (a *App) cookieSecret(ctx context.Context) ([]byte, error) {
 	a.rt.secretOnce.Do(func() {
-		key := state.Key(state.NSSecrets, "cookie")
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		for range 3 {
-			e, err := a.store.Get(wctx, key)
-			if err == nil {
-				a.rt.secret, err = hex.DecodeString(string(e.Value))
-				if err != nil || len(a.rt.secret) < 16 {
-					a.rt.secretErr = fmt.Errorf("cookie secret in state store is corrupt; delete key %s to make a new one", key)
-				}
-				return
-			}
-			if errors.Is(err, state.ErrNotFound) {
-				raw := make([]byte, 32)
-				rand.Read(raw)
-				// err is now the write's: a store lost between the read
-				// and the write is unavailable, not "not found".
-				if _, err = a.store.CAS(wctx, key, []byte(hex.EncodeToString(raw)), 0); err == nil {
-					a.rt.secret = raw
-					return
-				}
-				if errors.Is(err, state.ErrConflict) {
-					continue // another gateway made one first
-				}
-			}
-			if errors.Is(err, state.ErrUnavailable) {
-				break
-			}
-			a.rt.secretErr = fmt.Errorf("reading cookie secret: %w", err)
-			return
+		secret, err := a.loadSecret(ctx)
+		switch {
+		case err == nil:
+			a.rt.secret = secret
+		case errors.Is(err, state.ErrUnavailable):
+			// Sign with a key of this process's own; once the store is
+			// back, refreshSecret takes the fleet's key.
+			a.logger.Warn("state store unavailable: signing sticky cookies with a key for this process only until it returns")
+			a.rt.secret = make([]byte, 32)
+			rand.Read(a.rt.secret)
+			a.rt.secretEphemeral.Store(true)
+			a.storeFailed(err)
+		default:
+			a.rt.secretErr = err
 		}
-		a.logger.Warn("state store unavailable: signing sticky cookies with a key for this process only")
-		a.rt.secret = make([]byte, 32)
-		rand.Read(a.rt.secret)
 	})
 	return a.rt.secret, a.rt.secretErr
+}
+
+// loadSecret reads the shared cookie key from the store, making it if
+// there is none yet.
+func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
+	key := state.Key(state.NSSecrets, "cookie")
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for range 3 {
+		e, err := a.store.Get(wctx, key)
+		if err == nil {
+			secret, err := hex.DecodeString(string(e.Value))
+			if err != nil || len(secret) < 16 {
+				return nil, fmt.Errorf("cookie secret in state store is corrupt; delete key %s to make a new one", key)
+			}
+			return secret, nil
+		}
+		if errors.Is(err, state.ErrNotFound) {
+			raw := make([]byte, 32)
+			rand.Read(raw)
+			// err is now the write's: a store lost between the read
+			// and the write is unavailable, not "not found".
+			if _, err = a.store.CAS(wctx, key, []byte(hex.EncodeToString(raw)), 0); err == nil {
+				return raw, nil
+			}
+			if errors.Is(err, state.ErrConflict) {
+				continue // another gateway made one first
+			}
+		}
+		if errors.Is(err, state.ErrUnavailable) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("reading cookie secret: %w", err)
+	}
+	return nil, fmt.Errorf("reading cookie secret: %w", state.ErrConflict)
+}
+
+// refreshSecret replaces a process-only cookie key with the fleet's, once
+// the store answers again. Cookies signed with the old key are re-issued
+// on their next request.
+func (a *App) refreshSecret(ctx context.Context) {
+	if !a.rt.secretEphemeral.Load() {
+		return
+	}
+	secret, err := a.loadSecret(ctx)
+	if err != nil || !a.rt.secretEphemeral.CompareAndSwap(true, false) {
+		return
+	}
+	signer := newCookieSigner(secret)
+	for _, sw := range a.registry {
+		if h := sw.handler.Load(); h != nil && h.stickyMode == "cookie" && (h.Sticky == nil || h.Sticky.Secret == "") {
+			h.signer.Store(signer)
+		}
+	}
+	a.logger.Info("sticky cookies now signed with the fleet's key from the state store")
 }
 
 // emit sends a Caddy event, if the events app is configured.

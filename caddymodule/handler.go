@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -91,7 +92,7 @@ type Handler struct {
 	sw           *Switch
 	monitor      *health.Monitor
 	probe        *health.Probe
-	signer       *cookieSigner
+	signer       *atomic.Pointer[cookieSigner] // swapped when a process-only key gives way to the fleet's
 	cookieName   string
 	cookieMaxAge int
 	headerName   string
@@ -231,7 +232,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				return fmt.Errorf("switch %s: %w", h.Name, err)
 			}
 		}
-		h.signer = newCookieSigner(secret)
+		h.signer = new(atomic.Pointer[cookieSigner])
+		h.signer.Store(newCookieSigner(secret))
 	case "header":
 		h.headerName = http.CanonicalHeaderKey(st.Name)
 	}
@@ -548,11 +550,11 @@ func (h *Handler) stickyKey(w http.ResponseWriter, r *http.Request) (string, boo
 		return host, err == nil && host != ""
 	}
 	if val, ok := findCookie(r.Header, h.cookieName); ok {
-		if key, ok := h.signer.verify(val); ok {
+		if key, ok := h.signer.Load().verify(val); ok {
 			return key, true
 		}
 	}
-	key, val := h.signer.issue()
+	key, val := h.signer.Load().issue()
 	http.SetCookie(w, &http.Cookie{
 		Name:     h.cookieName,
 		Value:    val,

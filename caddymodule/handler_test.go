@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -41,13 +42,14 @@ func testHandler(t testing.TB, mode state.Mode, weight int, legacy, consolidated
 		legacy:       legacy,
 		consolidated: consolidated,
 		sw:           newSwitch("t"),
-		signer:       newCookieSigner([]byte("test")),
 		cookieName:   "sb_user",
 		stickyMode:   "cookie",
 		replay:       true,
 		maxBody:      DefaultReplayMaxBody,
 		logger:       zap.NewNop(),
 	}
+	h.signer = new(atomic.Pointer[cookieSigner])
+	h.signer.Store(newCookieSigner([]byte("test")))
 	win := h.sw.ensureWindows(10, 1e9)
 	h.monitor = health.NewMonitor(health.MonitorOptions{Rules: health.Rules{ConsecutiveFailures: 1 << 30, Window: 10e9}, Consolidated: win.consolidated, Legacy: win.legacy})
 	h.sw.view.Store(&view{mode: mode, weight: weight, threshold: threshold(weight)})
@@ -155,7 +157,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 			ok := armFunc(func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(200); return nil })
 			h := testHandler(b, bc.mode, 50, ok, ok)
 			r := request("GET", "")
-			_, val := h.signer.issue()
+			_, val := h.signer.Load().issue()
 			r.Header.Set("Cookie", "sb_user="+val)
 			w := discardWriter{h: http.Header{}}
 			h.ServeHTTP(w, r, nil)

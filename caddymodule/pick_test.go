@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -202,9 +203,11 @@ func FuzzFindCookie(f *testing.F) {
 // BenchmarkPick is the per-request pick with a sticky cookie: find the
 // cookie, check its HMAC, hash the key against the weight.
 func BenchmarkPick(b *testing.B) {
-	h := &Handler{stickyMode: "cookie", cookieName: "sb_user", signer: newCookieSigner([]byte("bench")), sw: newSwitch("main")}
+	h := &Handler{stickyMode: "cookie", cookieName: "sb_user", sw: newSwitch("main")}
+	h.signer = new(atomic.Pointer[cookieSigner])
+	h.signer.Store(newCookieSigner([]byte("bench")))
 	v := &view{mode: "split", weight: 50, threshold: threshold(50)}
-	_, val := h.signer.issue()
+	_, val := h.signer.Load().issue()
 	r, _ := http.NewRequest("GET", "http://x/", nil)
 	r.Header.Set("Cookie", "other=1; sb_user="+val)
 	b.ReportAllocs()
@@ -216,14 +219,16 @@ func BenchmarkPick(b *testing.B) {
 // BenchmarkPickColdCookie is the pick for a cookie not yet in the cache of
 // verified cookies: a full HMAC-SHA256 check.
 func BenchmarkPickColdCookie(b *testing.B) {
-	h := &Handler{stickyMode: "cookie", cookieName: "sb_user", signer: newCookieSigner([]byte("bench")), sw: newSwitch("main")}
+	h := &Handler{stickyMode: "cookie", cookieName: "sb_user", sw: newSwitch("main")}
+	h.signer = new(atomic.Pointer[cookieSigner])
+	h.signer.Store(newCookieSigner([]byte("bench")))
 	v := &view{mode: "split", weight: 50, threshold: threshold(50)}
-	_, val := h.signer.issue()
+	_, val := h.signer.Load().issue()
 	r, _ := http.NewRequest("GET", "http://x/", nil)
 	r.Header.Set("Cookie", "other=1; sb_user="+val)
 	b.ReportAllocs()
 	for b.Loop() {
-		h.signer.verified[keyBucket(0, val)&(verifiedSlots-1)].Store(nil)
+		h.signer.Load().verified[keyBucket(0, val)&(verifiedSlots-1)].Store(nil)
 		h.pick(v, nil, r)
 	}
 }
