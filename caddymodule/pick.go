@@ -17,21 +17,33 @@ import (
 const buckets = 10000
 
 // keyBucket maps a sticky key to a bucket in [0, buckets), salted with the
-// switch name so two switches split the same users differently. It is
-// FNV-1a 64 followed by a 64-bit finalizer (from SplitMix64) so that keys
-// differing in one character land far apart. It allocates nothing.
+// switch name so two switches split the same users differently. It mixes
+// the key eight bytes at a time and ends with the SplitMix64 finalizer, so
+// keys that differ in one character land far apart. It allocates nothing.
 func keyBucket(salt uint64, key string) uint32 {
-	h := salt
+	return uint32(mix64(salt, key) % buckets)
+}
+
+// mix64 hashes key with seed: a multiply-xorshift over 8-byte words, then
+// the SplitMix64 finalizer.
+func mix64(seed uint64, key string) uint64 {
+	h := seed ^ uint64(len(key))*0x9e3779b97f4a7c15
+	for len(key) >= 8 {
+		v := uint64(key[0]) | uint64(key[1])<<8 | uint64(key[2])<<16 | uint64(key[3])<<24 |
+			uint64(key[4])<<32 | uint64(key[5])<<40 | uint64(key[6])<<48 | uint64(key[7])<<56
+		h = (h ^ v) * 0x9e3779b97f4a7c15
+		h ^= h >> 32
+		key = key[8:]
+	}
 	for i := 0; i < len(key); i++ {
-		h ^= uint64(key[i])
-		h *= 1099511628211
+		h = (h ^ uint64(key[i])) * 0x100000001b3
 	}
 	h ^= h >> 30
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 27
 	h *= 0x94d049bb133111eb
 	h ^= h >> 31
-	return uint32(h % buckets)
+	return h
 }
 
 // saltFor is the hash seed of a switch.
@@ -119,7 +131,7 @@ func (s *cookieSigner) verify(val string) (string, bool) {
 	if len(val) != cookieValLen || val[cookieKeyLen] != '.' {
 		return "", false
 	}
-	slot := &s.verified[keyBucket(0, val)&(verifiedSlots-1)]
+	slot := &s.verified[s.slot(val)]
 	if p := slot.Load(); p != nil && *p == val {
 		return val[:cookieKeyLen], true
 	}
@@ -138,6 +150,14 @@ func (s *cookieSigner) verify(val string) (string, bool) {
 	owned := strings.Clone(val) // the header's memory is the request's
 	slot.Store(&owned)
 	return key, true
+}
+
+// slot picks a cache slot from the cookie's MAC. The MAC is HMAC output,
+// so its characters are already uniform; a forged value only ever misses.
+func (s *cookieSigner) slot(val string) uint32 {
+	m := val[cookieKeyLen+1:]
+	v := uint32(m[0]) | uint32(m[1])<<8 | uint32(m[2])<<16 | uint32(m[3])<<24
+	return (v * 0x9e3779b1) >> (32 - 16) & (verifiedSlots - 1)
 }
 
 // issue makes a new random key and its signed cookie value.
