@@ -199,12 +199,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("switch %s: loading legacy arm: %w", h.Name, err)
 	}
-	h.legacy = mod.(caddyhttp.MiddlewareHandler)
+	h.legacy = directArm(mod.(caddyhttp.MiddlewareHandler))
 	mod, err = ctx.LoadModule(h, "ConsolidatedRaw")
 	if err != nil {
 		return fmt.Errorf("switch %s: loading consolidated arm: %w", h.Name, err)
 	}
-	h.consolidated = mod.(caddyhttp.MiddlewareHandler)
+	h.consolidated = directArm(mod.(caddyhttp.MiddlewareHandler))
 
 	h.replay = h.ReplayToLegacy == nil || *h.ReplayToLegacy
 	h.maxBody = h.ReplayMaxBody
@@ -265,6 +265,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		go h.autoRecoverLoop(ctx)
 	}
 	return nil
+}
+
+// directArm returns the single handler of an arm that is a subroute of one
+// route with no matchers, group, terminal flag or error routes and one
+// handler: "legacy { reverse_proxy ... }", the usual case. Calling that
+// handler is what the subroute would do, but Caddy's Subroute compiles its
+// route list on every request (the handler after it may differ from one
+// request to the next), which costs allocations on the request path. Any
+// other arm is kept whole.
+func directArm(mh caddyhttp.MiddlewareHandler) caddyhttp.MiddlewareHandler {
+	sr, ok := mh.(*caddyhttp.Subroute)
+	if !ok || sr.Errors != nil || len(sr.Routes) != 1 {
+		return mh
+	}
+	rt := sr.Routes[0]
+	if len(rt.MatcherSets) != 0 || rt.Group != "" || rt.Terminal || len(rt.Handlers) != 1 {
+		return mh
+	}
+	return rt.Handlers[0]
 }
 
 // checkConfig validates the handler's own fields; it has no side effects,
