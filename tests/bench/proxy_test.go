@@ -4,9 +4,9 @@
 //
 //	SWITCHBACK_BENCH=1 go test -run '^TestProxyBench$' -v -count=1 ./tests/bench/
 //
-// SWITCHBACK_BENCH_DURATION (default 10s) sets each wrk run's length. The
-// runs alternate plain / switchback for several rounds and each figure is
-// the median over its rounds, so drift on a shared machine hits both.
+// SWITCHBACK_BENCH_DURATION (default 5s) sets each wrk run's length. The
+// runs alternate between the paths for 6 rounds and each figure is the
+// median over its rounds, so drift on a shared machine hits all of them.
 package bench
 
 import (
@@ -36,6 +36,18 @@ const proxyBenchConfig = `{
 }
 http://{PLAIN} {
 	reverse_proxy {UPSTREAM}
+}
+http://{LEGACY} {
+	switchback pinned {
+		mode legacy
+		replay_to_legacy off
+		legacy {
+			reverse_proxy {UPSTREAM}
+		}
+		consolidated {
+			reverse_proxy {UPSTREAM}
+		}
+	}
 }
 http://{SWITCH} {
 	switchback main {
@@ -113,7 +125,7 @@ func TestProxyBench(t *testing.T) {
 	}
 	duration := os.Getenv("SWITCHBACK_BENCH_DURATION")
 	if duration == "" {
-		duration = "10s"
+		duration = "5s"
 	}
 	bin := buildSwitchback(t)
 
@@ -126,8 +138,8 @@ func TestProxyBench(t *testing.T) {
 	defer srv.Close()
 
 	dir := t.TempDir()
-	admin, plain, sw := freePort(t), freePort(t), freePort(t)
-	cfg := strings.NewReplacer("{ADMIN}", admin, "{PLAIN}", plain, "{SWITCH}", sw, "{UPSTREAM}", upstream, "{DIR}", dir).Replace(proxyBenchConfig)
+	admin, plain, sw, pinned := freePort(t), freePort(t), freePort(t), freePort(t)
+	cfg := strings.NewReplacer("{ADMIN}", admin, "{PLAIN}", plain, "{SWITCH}", sw, "{LEGACY}", pinned, "{UPSTREAM}", upstream, "{DIR}", dir).Replace(proxyBenchConfig)
 	path := filepath.Join(dir, "Caddyfile")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	cmd := exec.Command(bin, "run", "--config", path)
@@ -163,13 +175,14 @@ func TestProxyBench(t *testing.T) {
 	runWrk(t, "http://"+sw+"/", "2s", cookie)
 
 	type series struct{ rps, p50, p99 []float64 }
-	results := map[string]*series{"plain": {}, "sticky": {}, "new": {}}
+	results := map[string]*series{"plain": {}, "pinned": {}, "sticky": {}, "new": {}}
 	add := func(name string, r wrkResult) {
 		s := results[name]
 		s.rps, s.p50, s.p99 = append(s.rps, r.rps), append(s.p50, r.p50), append(s.p99, r.p99)
 	}
-	for round := 0; round < 3; round++ {
+	for round := 0; round < 6; round++ {
 		add("plain", runWrk(t, "http://"+plain+"/", duration, ""))
+		add("pinned", runWrk(t, "http://"+pinned+"/", duration, ""))
 		add("sticky", runWrk(t, "http://"+sw+"/", duration, cookie))
 		add("new", runWrk(t, "http://"+sw+"/", duration, ""))
 	}
@@ -178,6 +191,7 @@ func TestProxyBench(t *testing.T) {
 	fmt.Fprintln(tw, "path\treq/s\tp50 ms\tp99 ms\treq/s vs plain\tp99 vs plain")
 	for _, row := range []struct{ name, label string }{
 		{"plain", "plain Caddy reverse_proxy"},
+		{"pinned", "switchback mode legacy, no replay"},
 		{"sticky", "switchback split 50/50, returning user (signed cookie)"},
 		{"new", "switchback split 50/50, new user every request (cookie issued)"},
 	} {
