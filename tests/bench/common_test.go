@@ -1,11 +1,13 @@
 package bench
 
 import (
+	"bytes"
 	"net"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // buildSwitchback builds cmd/switchback (a copy of the tests package's
@@ -31,4 +33,34 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// startProcess runs cmd until the test ends (it is killed then) and polls
+// ready until it says yes, failing the test if the process exits first or
+// 30 s pass.
+func startProcess(t *testing.T, cmd *exec.Cmd, ready func() bool) {
+	t.Helper()
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !ready() {
+		select {
+		case <-exited:
+			t.Fatalf("%s exited at start:\n%s", cmd.Path, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not come up in 30s:\n%s", cmd.Path, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -18,7 +18,6 @@
 package bench
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -255,38 +254,17 @@ backend be
 `
 
 // foStart runs a proxy process with cmd until the test ends and waits
-// until url answers.
+// until url answers 200.
 func foStart(t *testing.T, cmd *exec.Cmd, url string) {
 	t.Helper()
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
+	startProcess(t, cmd, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("%s exited at start:\n%s", cmd.Path, logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer in 30s:\n%s", cmd.Path, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func TestFailoverBench(t *testing.T) {

@@ -9,7 +9,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -318,28 +317,6 @@ func startBenchGateway(t *testing.T, bin, consulAddr, consolidated, name string)
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for g.mode(context.Background()) == "" {
-		select {
-		case <-exited:
-			t.Fatalf("%s exited at start:\n%s", name, logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not come up in 30s", name)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	startProcess(t, cmd, func() bool { return g.mode(context.Background()) != "" })
 	return g
 }
