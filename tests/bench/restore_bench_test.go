@@ -145,6 +145,13 @@ func TestRestoreBench(t *testing.T) {
 		}
 		changed++
 	}
+	// cp -a of the live tree, warm, just before the restore: the fair
+	// baseline, since the first cp -a above reads GOROOT/src with whatever
+	// the page cache holds (it ranged from 0.75 s to 3.4 s here).
+	drop()
+	cpWarm := run("cp", "-a", live, filepath.Join(work, "cp-warm"))
+	add("cp -a", "copy tree (warm, before restore)", cpWarm, "")
+	os.RemoveAll(filepath.Join(work, "cp-warm"))
 	drop()
 	t0 = time.Now()
 	op, err := m.Rollback(ctx, p1.ID, restore.RollbackOptions{Trigger: "bench"})
@@ -152,7 +159,7 @@ func TestRestoreBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	rd := time.Since(t0)
-	add("switchback", "restore (1% changed)", rd, fmt.Sprintf("%.2f× cp -a; %d copied, %d linked", rd.Seconds()/cpD.Seconds(), op.Plan.Copied, op.Plan.Linked))
+	add("switchback", "restore (1% changed)", rd, fmt.Sprintf("%.2f× warm cp -a; %d copied, %d linked", rd.Seconds()/cpWarm.Seconds(), op.Plan.Copied, op.Plan.Linked))
 	var steps []string
 	for _, s := range op.Steps {
 		steps = append(steps, fmt.Sprintf("%s %s", s.Name, time.Duration(s.Duration).Round(time.Millisecond)))
@@ -168,7 +175,7 @@ func TestRestoreBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	fd := time.Since(t0)
-	add("switchback", "restore (into empty dir)", fd, fmt.Sprintf("%.2f× cp -a", fd.Seconds()/cpD.Seconds()))
+	add("switchback", "restore (into empty dir)", fd, fmt.Sprintf("%.2f× warm cp -a", fd.Seconds()/cpWarm.Seconds()))
 
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
@@ -179,6 +186,6 @@ func TestRestoreBench(t *testing.T) {
 	}
 	tw.Flush()
 	t.Log("\n" + b.String())
-	t.Logf("targets: restore/cp -a = %.2f (≤1.5), second/first create = %.3f (≤0.2), verify = %.2f GB/s (≥1)",
-		rd.Seconds()/cpD.Seconds(), second.Seconds()/first.Seconds(), rep.BytesPerSecond/1e9)
+	t.Logf("targets: restore/cp -a = %.2f against the cp -a just before it, %.2f against the first (≤1.5), second/first create = %.3f (≤0.2), verify = %.2f GB/s (≥1)",
+		rd.Seconds()/cpWarm.Seconds(), rd.Seconds()/cpD.Seconds(), second.Seconds()/first.Seconds(), rep.BytesPerSecond/1e9)
 }
