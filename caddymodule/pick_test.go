@@ -200,16 +200,22 @@ func FuzzFindCookie(f *testing.F) {
 	})
 }
 
-// BenchmarkPick is the per-request pick with a sticky cookie: find the
-// cookie, check its HMAC, hash the key against the weight.
-func BenchmarkPick(b *testing.B) {
+// pickBench sets up a cookie-sticky handler at weight 50 and a request
+// carrying a valid cookie among others.
+func pickBench() (*Handler, *view, *http.Request, string) {
 	h := &Handler{stickyMode: "cookie", cookieName: "sb_user", sw: newSwitch("main")}
 	h.signer = new(atomic.Pointer[cookieSigner])
 	h.signer.Store(newCookieSigner([]byte("bench")))
-	v := &view{mode: "split", weight: 50, threshold: threshold(50)}
 	_, val := h.signer.Load().issue()
 	r, _ := http.NewRequest("GET", "http://x/", nil)
 	r.Header.Set("Cookie", "other=1; sb_user="+val)
+	return h, &view{mode: "split", weight: 50, threshold: threshold(50)}, r, val
+}
+
+// BenchmarkPick is the per-request pick with a sticky cookie: find the
+// cookie, check its HMAC, hash the key against the weight.
+func BenchmarkPick(b *testing.B) {
+	h, v, r, _ := pickBench()
 	b.ReportAllocs()
 	for b.Loop() {
 		h.pick(v, nil, r)
@@ -219,13 +225,7 @@ func BenchmarkPick(b *testing.B) {
 // BenchmarkPickColdCookie is the pick for a cookie not yet in the cache of
 // verified cookies: a full HMAC-SHA256 check.
 func BenchmarkPickColdCookie(b *testing.B) {
-	h := &Handler{stickyMode: "cookie", cookieName: "sb_user", sw: newSwitch("main")}
-	h.signer = new(atomic.Pointer[cookieSigner])
-	h.signer.Store(newCookieSigner([]byte("bench")))
-	v := &view{mode: "split", weight: 50, threshold: threshold(50)}
-	_, val := h.signer.Load().issue()
-	r, _ := http.NewRequest("GET", "http://x/", nil)
-	r.Header.Set("Cookie", "other=1; sb_user="+val)
+	h, v, r, val := pickBench()
 	b.ReportAllocs()
 	for b.Loop() {
 		h.signer.Load().verified[h.signer.Load().slot(val)].Store(nil)

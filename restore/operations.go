@@ -108,9 +108,6 @@ type Operation struct {
 	Validation *ValidationReport `json:"validation,omitempty"`
 }
 
-// Finished reports whether the operation has ended.
-func (o *Operation) done() bool { return o.Status != StatusRunning }
-
 // newOp starts an operation record and stores it.
 func (m *Manager) newOp(ctx context.Context, kind, trigger, reason string) (*Operation, error) {
 	now := m.now()

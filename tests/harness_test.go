@@ -68,15 +68,15 @@ func FreePort(t testing.TB) int {
 }
 
 // Upstream is a real HTTP server standing in for legacy or consolidated.
-// Its behaviour can be changed while it serves: a status to answer, a
-// delay, or closing the connection without an answer.
+// Its behaviour can be changed while it serves: a status to answer or a
+// delay. (The failover tests' faultUpstream adds closed connections,
+// broken streams and timing.)
 type Upstream struct {
 	*httptest.Server
 	Name   string
 	Hits   atomic.Int64
 	status atomic.Int64
 	delay  atomic.Int64
-	close  atomic.Bool
 }
 
 // NewUpstream starts an upstream that answers its name with 200.
@@ -92,15 +92,6 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 	u.Hits.Add(1)
 	if d := u.delay.Load(); d > 0 {
 		time.Sleep(time.Duration(d))
-	}
-	if u.close.Load() {
-		if hj, ok := w.(http.Hijacker); ok {
-			c, _, err := hj.Hijack()
-			if err == nil {
-				c.Close()
-				return
-			}
-		}
 	}
 	io.Copy(io.Discard, r.Body)
 	w.Header().Set("X-Upstream", u.Name)
@@ -120,9 +111,6 @@ func (u *Upstream) Fail(status int) { u.status.Store(int64(status)) }
 
 // Delay adds latency to every answer.
 func (u *Upstream) Delay(d time.Duration) { u.delay.Store(int64(d)) }
-
-// CloseConns makes it close connections without answering.
-func (u *Upstream) CloseConns(on bool) { u.close.Store(on) }
 
 // Gateway is a running switchback process.
 type Gateway struct {
