@@ -1,9 +1,11 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -126,66 +128,63 @@ func (m *Manager) verify(ctx context.Context, opID string, p Point) (VerifyRepor
 func (m *Manager) checkObjects(ctx context.Context, opID, id string, mf *Manifest, hash map[string]bool) (VerifyReport, error) {
 	rep := VerifyReport{Point: id}
 	t0 := time.Now()
-	type ref struct{ root, path string }
-	refs := map[string][]ref{}
-	sizes := map[string]int64{}
-	var digests []string
+	seen := map[string]bool{}
+	var objs []objectCheck
+	var total int64
 	for _, r := range mf.Roots {
 		for _, e := range r.Entries {
-			if e.Type != EntryFile {
+			if e.Type != EntryFile || seen[e.Digest] {
 				continue
 			}
-			if _, ok := refs[e.Digest]; !ok {
-				digests = append(digests, e.Digest)
-				sizes[e.Digest] = e.Size
+			seen[e.Digest] = true
+			o := objectCheck{digest: e.Digest, size: e.Size, sizeOnly: hash != nil && !hash[e.Digest]}
+			objs = append(objs, o)
+			if !o.sizeOnly {
+				total += o.size
 			}
-			refs[e.Digest] = append(refs[e.Digest], ref{r.Path, e.Path})
 		}
 	}
 	// Biggest first, so the workers finish together.
-	sort.Slice(digests, func(i, j int) bool { return sizes[digests[i]] > sizes[digests[j]] })
-	var total int64
-	for _, d := range digests {
-		if hash == nil || hash[d] {
-			total += sizes[d]
-		}
+	slices.SortFunc(objs, func(a, b objectCheck) int { return cmp.Compare(b.size, a.size) })
+	pr := m.progress(opID, "verify "+id, int64(len(objs)), total)
+	type failure struct {
+		kind string
+		err  error
 	}
-	pr := m.progress(opID, "verify "+id, int64(len(digests)), total)
 	var mu sync.Mutex
+	failed := map[string]failure{}
 	var bytes atomic.Int64
-	// Twice as many workers as cores: small objects cost an open and a
-	// read each, which overlap with hashing.
-	err := parallel(ctx, 2*m.opts.Workers, len(digests), func(i int) error {
-		d := digests[i]
-		var missing bool
-		var err error
-		if hash == nil || hash[d] {
-			missing, err = m.objects.check(d, sizes[d])
-		} else {
-			missing, err = m.objects.checkSize(d, sizes[d])
+	err := m.objects.verifyObjects(ctx, m.opts.Workers, objs, func(i int, missing bool, err error) {
+		o := objs[i]
+		var n int64
+		if !o.sizeOnly {
+			n = o.size
 		}
 		if err != nil {
-			kind := "corrupt"
+			f := failure{"corrupt", err}
 			if missing {
-				kind = "missing"
+				f.kind = "missing"
 			}
 			mu.Lock()
-			for _, r := range refs[d] {
-				rep.Problems = append(rep.Problems, Problem{Root: r.root, Path: r.path, Digest: d, Kind: kind, Error: err.Error()})
-			}
+			failed[o.digest] = f
 			mu.Unlock()
-		} else if hash == nil || hash[d] {
-			bytes.Add(sizes[d])
-		}
-		if hash == nil || hash[d] {
-			pr.add(1, sizes[d])
 		} else {
-			pr.add(1, 0)
+			bytes.Add(n)
 		}
-		return nil
+		pr.add(1, n)
 	})
+	// Every path with failed content is a problem.
+	if len(failed) > 0 {
+		for _, r := range mf.Roots {
+			for _, e := range r.Entries {
+				if f, ok := failed[e.Digest]; ok && e.Type == EntryFile {
+					rep.Problems = append(rep.Problems, Problem{Root: r.Path, Path: e.Path, Digest: e.Digest, Kind: f.kind, Error: f.err.Error()})
+				}
+			}
+		}
+	}
 	pr.done()
-	rep.Objects = len(digests)
+	rep.Objects = len(objs)
 	rep.Bytes = bytes.Load()
 	rep.Duration = Duration(time.Since(t0))
 	if s := time.Since(t0).Seconds(); s > 0 {
