@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -9,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 )
@@ -78,14 +76,9 @@ func (mf *Manifest) encode() ([]byte, string, error) {
 // directory listed before it, so that no entry can be reached through a
 // symlink or land outside its root.
 func decodeManifest(b []byte) (*Manifest, error) {
-	var mf Manifest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&mf); err != nil {
+	mf, err := parseManifest(b)
+	if err != nil {
 		return nil, fmt.Errorf("decoding manifest: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("decoding manifest: trailing data")
 	}
 	if mf.Version != ManifestVersion {
 		return nil, fmt.Errorf("manifest version %d not supported (want %d)", mf.Version, ManifestVersion)
@@ -106,7 +99,7 @@ func decodeManifest(b []byte) (*Manifest, error) {
 			return nil, fmt.Errorf("manifest root %s: %w", r.Path, err)
 		}
 	}
-	return &mf, nil
+	return mf, nil
 }
 
 func checkRootPath(p string) error {
@@ -132,7 +125,12 @@ func checkEntries(r RootManifest) error {
 			if err := checkRelPath(e.Path); err != nil {
 				return err
 			}
-			parent := path.Dir(e.Path)
+			// e.Path is clean, so its parent is what precedes the last
+			// slash.
+			parent := "."
+			if k := strings.LastIndexByte(e.Path, '/'); k >= 0 {
+				parent = e.Path[:k]
+			}
 			if types[parent] != EntryDir {
 				return fmt.Errorf("entry %q: parent %q is not a directory listed before it", e.Path, parent)
 			}
@@ -179,6 +177,10 @@ func checkRelPath(p string) error {
 	if p == "" || p == "." {
 		return fmt.Errorf("invalid entry path %q", p)
 	}
+	if fs.ValidPath(p) && strings.IndexByte(p, 0) < 0 {
+		return nil
+	}
+	// Say what is wrong.
 	if strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) {
 		return fmt.Errorf("unsafe entry path %q: absolute", p)
 	}
@@ -190,10 +192,7 @@ func checkRelPath(p string) error {
 			return fmt.Errorf("unsafe entry path %q: %q segment", p, seg)
 		}
 	}
-	if !fs.ValidPath(p) {
-		return fmt.Errorf("unsafe entry path %q", p)
-	}
-	return nil
+	return fmt.Errorf("unsafe entry path %q", p)
 }
 
 // manifestPath is where point id's manifest is stored.
