@@ -72,6 +72,7 @@ type App struct {
 	cancel   context.CancelFunc
 	logger   *zap.Logger
 	store    state.Store
+	cache    *switchCache // nil with the local store
 	restore  *restore.Manager
 	gateway  string
 	registry map[string]*Switch // this config's switches, filled during provisioning
@@ -130,6 +131,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.store = st
+	if a.State != nil && a.State.Backend == "consul" {
+		// The cache stands in for a store that is down; without it the
+		// gateway still serves, from its config, so a cache that cannot
+		// be opened is logged rather than fatal.
+		if a.cache, err = openSwitchCache(DefaultCachePath(), a.logger); err != nil {
+			a.logger.Warn("no switch cache: a restart during a store outage will serve the config's state", zap.Error(err))
+		}
+	}
 	if ev, err := ctx.App("events"); err == nil {
 		a.events, _ = ev.(*caddyevents.App)
 	}
@@ -173,6 +182,9 @@ func (a *App) Start() error {
 	a.cancel = cancel
 	go a.syncLoop(ctx)
 	go a.pendingLoop(ctx)
+	if a.cache != nil {
+		go a.cache.run(ctx, a.snapshotSwitches)
+	}
 	a.startRollback(ctx)
 	return nil
 }
@@ -182,12 +194,16 @@ func (a *App) Stop() error {
 	if a.cancel != nil {
 		a.cancel()
 	}
+	a.cache.wait(5 * time.Second)
 	return nil
 }
 
 // Cleanup closes the store. Caddy calls it after Stop, and also when a
 // config fails to load after the app was provisioned.
 func (a *App) Cleanup() error {
+	if a.cache != nil {
+		a.cache.st.Close()
+	}
 	if a.store != nil {
 		return a.store.Close()
 	}
@@ -251,15 +267,26 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 			return fmt.Errorf("switch %s: loading its state: %w", sw.name, err)
 		}
 		// The store is down (a fleet's Consul, say): serve on what we
-		// know, and let the sync loop catch up when it returns.
+		// know (this process's state across a reload, else the cache
+		// after a restart, else the config), and let the sync loop catch
+		// up when the store returns.
 		a.storeFailed(err)
 		sw.mu.Lock()
+		defer sw.mu.Unlock()
+		from := "this process"
 		if sw.rec.Mode == "" {
-			rec, _ = decide(state.Switch{Name: sw.name}, false)
-			sw.applyLocked(rec, false)
+			cached, pending, ok := a.cache.load(ctx, sw.name)
+			rec, changed := decide(cached, ok)
+			// Only a change made here is pending: the config's initial
+			// state must not overwrite the fleet's when the store returns.
+			sw.applyLocked(rec, ok && (pending || changed))
+			from = "the config"
+			if ok {
+				from = "the switch cache"
+			}
 		}
-		sw.mu.Unlock()
-		a.logger.Warn("state store unavailable at load; serving on last known state", zap.String("switch", sw.name), zap.Error(err))
+		a.logger.Warn("state store unavailable at load; serving on last known state",
+			zap.String("switch", sw.name), zap.String("from", from), zap.String("mode", string(sw.rec.Mode)), zap.Bool("pending", sw.pending), zap.Error(err))
 		return nil
 	}
 	a.storeOK()
@@ -268,6 +295,7 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 		sw.applyLocked(rec, false)
 	}
 	sw.mu.Unlock()
+	a.cache.touch()
 	return nil
 }
 
@@ -385,6 +413,7 @@ func (a *App) reconcile(ctx context.Context, entries []state.Entry) {
 			a.writeBack(ctx, sw)
 		}
 	}
+	a.cache.touch()
 }
 
 // writeBack writes a switch's pending local record, unless the store holds
@@ -414,6 +443,7 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 		sw.applyLocked(rec, false)
 	}
 	sw.mu.Unlock()
+	a.cache.touch()
 	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
 	return true
 }

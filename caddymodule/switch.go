@@ -153,6 +153,10 @@ func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
 // cancellation included, the change stays pending all the same.
 func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Switch) bool) (state.Switch, error) {
 	mine, _ := sw.Record()
+	// The pending change reaches the cache now, not after a store that
+	// hangs has timed out, and again with the outcome.
+	app.cache.touch()
+	defer app.cache.touch()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	written, err := state.UpdateSwitch(wctx, app.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
 )
 
 // objectStore keeps file contents under dir/ab/abcdef..., named by the
