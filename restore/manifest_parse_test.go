@@ -1,9 +1,9 @@
 package restore
 
 import (
-	"fmt"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
