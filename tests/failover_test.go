@@ -29,132 +29,6 @@ import (
 	"time"
 )
 
-// Faults a faultUpstream can inject.
-const (
-	faultNone   = iota
-	faultStatus // answer 500
-	faultClose  // close the connection without an answer
-	faultDelay  // answer 200 after a delay
-	faultStream // answer 200, flush some bytes, then close the connection
-)
-
-// faultUpstream is an upstream that notes when it served its first failing
-// answer and when the last request reached it, so a test can measure the
-// time from the first failure to the last request routed to it. It also
-// keeps the bodies it received by X-Test-Id.
-type faultUpstream struct {
-	*httptest.Server
-	name      string
-	hits      atomic.Int64
-	fault     atomic.Int32
-	delay     atomic.Int64
-	firstFail atomic.Int64 // Unix ns of the first failing answer served
-	lastHit   atomic.Int64 // Unix ns of the latest request arrival
-
-	mu      sync.Mutex
-	bodies  map[string][]byte
-	headers map[string]http.Header
-	paths   map[string]int
-}
-
-func newFaultUpstream(t testing.TB, name string) *faultUpstream {
-	t.Helper()
-	u := &faultUpstream{name: name, bodies: map[string][]byte{}, headers: map[string]http.Header{}, paths: map[string]int{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
-	t.Cleanup(u.Server.Close)
-	return u
-}
-
-func (u *faultUpstream) Addr() string { return strings.TrimPrefix(u.URL, "http://") }
-
-// setFault switches a fault on (faultNone switches it off) and forgets
-// the first failure, so the next failing answer is timed afresh.
-func (u *faultUpstream) setFault(f int32, delay time.Duration) {
-	u.delay.Store(int64(delay))
-	u.firstFail.Store(0)
-	u.fault.Store(f)
-}
-
-func (u *faultUpstream) failed() {
-	u.firstFail.CompareAndSwap(0, time.Now().UnixNano())
-}
-
-func (u *faultUpstream) pathHits(p string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.paths[p]
-}
-
-func (u *faultUpstream) body(id string) ([]byte, bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	b, ok := u.bodies[id]
-	return b, ok
-}
-
-func (u *faultUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	now := time.Now().UnixNano()
-	u.hits.Add(1)
-	for {
-		last := u.lastHit.Load()
-		if now <= last || u.lastHit.CompareAndSwap(last, now) {
-			break
-		}
-	}
-	body, _ := io.ReadAll(r.Body)
-	u.mu.Lock()
-	u.paths[r.URL.Path]++
-	if id := r.Header.Get("X-Test-Id"); id != "" {
-		u.bodies[id] = body
-		u.headers[id] = r.Header.Clone()
-	}
-	u.mu.Unlock()
-	w.Header().Set("X-Upstream", u.name)
-	switch u.fault.Load() {
-	case faultStatus:
-		w.WriteHeader(http.StatusInternalServerError)
-		fmt.Fprintf(w, "%s failing", u.name)
-		u.failed()
-		return
-	case faultClose:
-		if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
-			c.Close()
-		}
-		u.failed()
-		return
-	case faultDelay:
-		time.Sleep(time.Duration(u.delay.Load()))
-		fmt.Fprint(w, u.name)
-		u.failed()
-		return
-	case faultStream:
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusOK)
-		fmt.Fprint(w, "partial-"+u.name)
-		http.NewResponseController(w).Flush()
-		time.Sleep(50 * time.Millisecond)
-		if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
-			c.Close()
-		}
-		u.failed()
-		return
-	}
-	if r.URL.Path == "/trailer" {
-		w.Header().Set("Trailer", "X-Checksum")
-		fmt.Fprint(w, u.name)
-		w.Header().Set("X-Checksum", "sum-"+u.name)
-		return
-	}
-	fmt.Fprint(w, u.name)
-}
-
-func (u *faultUpstream) request(id string) (http.Header, bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	h, ok := u.headers[id]
-	return h, ok
-}
-
 // failoverTemplate is a gateway with switch "main" split {WEIGHT}% to
 // consolidated, and {OPTIONS} (trip rules and more) in its block.
 const failoverTemplate = `{
@@ -185,19 +59,18 @@ http://{HTTP} {
 
 type failoverEnv struct {
 	g                    *Gateway
-	legacy, consolidated *faultUpstream
+	legacy, consolidated *Upstream
 }
 
 // startFailover starts both upstreams and a gateway in front of them.
 func startFailover(t *testing.T, mode string, weight int, options string) *failoverEnv {
 	t.Helper()
-	e := &failoverEnv{legacy: newFaultUpstream(t, "legacy"), consolidated: newFaultUpstream(t, "consolidated")}
+	e := &failoverEnv{legacy: NewUpstream(t, "legacy"), consolidated: NewUpstream(t, "consolidated")}
 	e.g = StartGateway(t, GatewayConfig{
-		Template: failoverTemplate,
-		Extra: map[string]string{
-			"LEGACY": e.legacy.Addr(), "CONSOLIDATED": e.consolidated.Addr(),
-			"MODE": mode, "WEIGHT": strconv.Itoa(weight), "OPTIONS": options,
-		},
+		Template:     failoverTemplate,
+		Legacy:       e.legacy,
+		Consolidated: e.consolidated,
+		Extra:        map[string]string{"MODE": mode, "WEIGHT": strconv.Itoa(weight), "OPTIONS": options},
 	})
 	return e
 }
@@ -426,33 +299,35 @@ func metricValue(text, series string) float64 {
 // request that reached it, and no GET fails at the client.
 func TestFailoverUnderLoad(t *testing.T) {
 	const rate, workers = 300, 128
+	fail500 := func(u *Upstream) { u.Fail(http.StatusInternalServerError) }
+	hangUp := func(u *Upstream) { u.HangUp(true) }
+	slow := func(u *Upstream) { u.Delay(600 * time.Millisecond) }
 	cases := []struct {
 		name    string
 		trip    string
-		fault   int32
-		delay   time.Duration
+		fault   func(*Upstream)
 		rule    string
 		bound   time.Duration
 		replays bool
 	}{
-		{"error_rate/500", "trip {\n error_rate 5%\n window 10s\n min_requests 20\n}", faultStatus, 0, "error_rate", time.Second, true},
-		{"consecutive_failures/500", "trip {\n consecutive_failures 10\n}", faultStatus, 0, "consecutive_failures", time.Second, true},
-		{"error_rate/closed_connections", "trip {\n error_rate 5%\n window 10s\n min_requests 20\n}", faultClose, 0, "error_rate", time.Second, true},
-		{"defaults/closed_connections", "", faultClose, 0, "", time.Second, true},
-		{"latency/p99", "trip {\n latency p99 250ms\n window 10s\n min_requests 20\n}", faultDelay, 600 * time.Millisecond, "latency", 2 * time.Second, false},
+		{"error_rate/500", "trip {\n error_rate 5%\n window 10s\n min_requests 20\n}", fail500, "error_rate", time.Second, true},
+		{"consecutive_failures/500", "trip {\n consecutive_failures 10\n}", fail500, "consecutive_failures", time.Second, true},
+		{"error_rate/closed_connections", "trip {\n error_rate 5%\n window 10s\n min_requests 20\n}", hangUp, "error_rate", time.Second, true},
+		{"defaults/closed_connections", "", hangUp, "", time.Second, true},
+		{"latency/p99", "trip {\n latency p99 250ms\n window 10s\n min_requests 20\n}", slow, "latency", 2 * time.Second, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := startFailover(t, "split", 50, tc.trip)
 			l := startLoad(t, e.g, rate, workers)
 			Eventually(t, 10*time.Second, "healthy traffic on consolidated", func() bool {
-				return e.consolidated.hits.Load() >= 150
+				return e.consolidated.Hits.Load() >= 150
 			})
-			e.consolidated.setFault(tc.fault, tc.delay)
+			tc.fault(e.consolidated)
 			Eventually(t, 15*time.Second, "the switch to trip", func() bool { return e.tripped(t) })
 			// Keep the load on a while to see that nothing more reaches
 			// consolidated and that legacy answers everyone.
-			hitsAtTrip := e.consolidated.hits.Load()
+			hitsAtTrip := e.consolidated.Hits.Load()
 			time.Sleep(time.Second)
 			l.stop()
 
@@ -460,11 +335,11 @@ func TestFailoverUnderLoad(t *testing.T) {
 			if tc.rule != "" && s.Rule != tc.rule {
 				t.Errorf("tripped by rule %q (%s), want %q", s.Rule, s.Reason, tc.rule)
 			}
-			first, last := e.consolidated.firstFail.Load(), e.consolidated.lastHit.Load()
-			if first == 0 {
+			first, last := e.consolidated.FaultWindow()
+			if first.IsZero() {
 				t.Fatal("consolidated never served a failing answer")
 			}
-			took := time.Duration(last - first)
+			took := last.Sub(first)
 			t.Logf("rule %s: %s; time from the first failing answer to the last request on consolidated: %v (bound %v); %d GETs at %.0f/s, %d errors, client p99 %v, %d/%d answered by legacy/consolidated",
 				s.Rule, s.Reason, took, tc.bound, l.sent.Load(), l.rate(), l.errs.Load(), l.p99(), l.arms[0].Load(), l.arms[1].Load())
 			if took > tc.bound {
@@ -476,7 +351,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 			// Requests that picked consolidated just before the trip may
 			// still be dialling it when the trip shows in the admin API;
 			// the bound above is what counts, this is for the record.
-			t.Logf("%d requests reached consolidated after the trip showed in the admin API", e.consolidated.hits.Load()-hitsAtTrip)
+			t.Logf("%d requests reached consolidated after the trip showed in the admin API", e.consolidated.Hits.Load()-hitsAtTrip)
 			l.checkNoErrors(t)
 			if tc.replays {
 				m := e.g.metrics(t)
@@ -512,7 +387,7 @@ func (g *Gateway) post(t testing.TB, id string, body []byte, chunked bool) (int,
 // consolidated's 5xx. Both with a known length and chunked.
 func TestReplayMaxBody(t *testing.T) {
 	e := startFailover(t, "consolidated", 0, "trip off\nreplay_max_body 1KiB")
-	e.consolidated.setFault(faultStatus, 0)
+	e.consolidated.Fail(http.StatusInternalServerError)
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
 			small := bytes.Repeat([]byte("s"), 700)
@@ -521,10 +396,10 @@ func TestReplayMaxBody(t *testing.T) {
 			if code != 200 || body != "legacy" {
 				t.Errorf("POST of %d bytes: got %d %q, want legacy's 200", len(small), code, body)
 			}
-			if got, ok := e.legacy.body(id); !ok || !bytes.Equal(got, small) {
+			if got, ok := e.legacy.RequestBody(id); !ok || !bytes.Equal(got, small) {
 				t.Errorf("legacy got body %d bytes (seen %v), want the %d sent", len(got), ok, len(small))
 			}
-			if got, _ := e.consolidated.body(id); !bytes.Equal(got, small) {
+			if got, _ := e.consolidated.RequestBody(id); !bytes.Equal(got, small) {
 				t.Errorf("consolidated got body of %d bytes, want %d", len(got), len(small))
 			}
 
@@ -534,10 +409,10 @@ func TestReplayMaxBody(t *testing.T) {
 			if code != 500 || !strings.Contains(body, "consolidated failing") {
 				t.Errorf("POST of %d bytes: got %d %q, want consolidated's 500", len(big), code, body)
 			}
-			if _, ok := e.legacy.body(id); ok {
+			if _, ok := e.legacy.RequestBody(id); ok {
 				t.Errorf("legacy got the POST over replay_max_body")
 			}
-			if got, _ := e.consolidated.body(id); !bytes.Equal(got, big) {
+			if got, _ := e.consolidated.RequestBody(id); !bytes.Equal(got, big) {
 				t.Errorf("consolidated got %d bytes of the big body, want %d", len(got), len(big))
 			}
 		})
@@ -549,7 +424,7 @@ func TestReplayMaxBody(t *testing.T) {
 // replayed: the client sees a broken answer, and legacy never sees it.
 func TestStreamingNotReplayed(t *testing.T) {
 	e := startFailover(t, "consolidated", 0, "trip off")
-	e.consolidated.setFault(faultStream, 0)
+	e.consolidated.BreakStreams(true)
 	resp, err := Client.Get("http://" + e.g.HTTP + "/stream")
 	if err == nil {
 		b, rerr := io.ReadAll(resp.Body)
@@ -564,10 +439,10 @@ func TestStreamingNotReplayed(t *testing.T) {
 	} else {
 		t.Logf("client got a transport error: %v", err)
 	}
-	if n := e.legacy.pathHits("/stream"); n != 0 {
+	if n := e.legacy.PathHits("/stream"); n != 0 {
 		t.Errorf("legacy got the streamed request %d times, want 0", n)
 	}
-	if n := e.consolidated.pathHits("/stream"); n < 1 {
+	if n := e.consolidated.PathHits("/stream"); n < 1 {
 		t.Errorf("consolidated never got the request")
 	}
 }
@@ -577,7 +452,7 @@ func TestStreamingNotReplayed(t *testing.T) {
 func TestTripSurvivesRestart(t *testing.T) {
 	e := startFailover(t, "split", 50, "trip {\n consecutive_failures 5\n}")
 	l := startLoad(t, e.g, 100, 32)
-	e.consolidated.setFault(faultStatus, 0)
+	e.consolidated.Fail(http.StatusInternalServerError)
 	Eventually(t, 10*time.Second, "the switch to trip", func() bool { return e.tripped(t) })
 	l.stop()
 	before := e.detail(t)
@@ -589,21 +464,21 @@ func TestTripSurvivesRestart(t *testing.T) {
 		e.g.AdminJSON(t, http.MethodGet, "/switchback/switches/main", nil, &st)
 		return !st.Pending
 	})
-	e.consolidated.setFault(faultNone, 0)
+	e.consolidated.Fail(0)
 	e.g.Restart()
 	after := e.detail(t)
 	if after.Mode != "legacy" || !after.Tripped || after.Reason != before.Reason || after.Rule != "consecutive_failures" {
 		t.Fatalf("after restart: mode %s tripped %v rule %q reason %q; want legacy, tripped, reason %q",
 			after.Mode, after.Tripped, after.Rule, after.Reason, before.Reason)
 	}
-	hits := e.consolidated.hits.Load()
+	hits := e.consolidated.Hits.Load()
 	for i := range 20 {
 		body, resp := e.g.Get(t, "/after-restart", nil)
 		if resp.StatusCode != 200 || body != "legacy" {
 			t.Fatalf("GET %d after restart: %d %q, want legacy", i, resp.StatusCode, body)
 		}
 	}
-	if n := e.consolidated.hits.Load() - hits; n != 0 {
+	if n := e.consolidated.Hits.Load() - hits; n != 0 {
 		t.Errorf("consolidated got %d requests after the restart", n)
 	}
 }
@@ -616,9 +491,9 @@ func TestAutoRecover(t *testing.T) {
 	t.Run("recovers", func(t *testing.T) {
 		e := startFailover(t, "split", 30, opts)
 		l := startLoad(t, e.g, 100, 32)
-		e.consolidated.setFault(faultStatus, 0)
+		e.consolidated.Fail(http.StatusInternalServerError)
 		Eventually(t, 10*time.Second, "the switch to trip", func() bool { return e.tripped(t) })
-		e.consolidated.setFault(faultNone, 0)
+		e.consolidated.Fail(0)
 		sawHalfOpen := false
 		Eventually(t, 20*time.Second, "recovery to weight 30", func() bool {
 			s := e.detail(t)
@@ -641,7 +516,7 @@ func TestAutoRecover(t *testing.T) {
 	t.Run("re-trips", func(t *testing.T) {
 		e := startFailover(t, "split", 30, opts)
 		l := startLoad(t, e.g, 100, 32)
-		e.consolidated.setFault(faultStatus, 0)
+		e.consolidated.Fail(http.StatusInternalServerError)
 		Eventually(t, 10*time.Second, "the switch to trip", func() bool { return e.tripped(t) })
 		Eventually(t, 20*time.Second, "a second trip after half-open", func() bool {
 			return strings.Contains(historyKinds(e.detail(t)), "trip half_open trip")
@@ -681,8 +556,8 @@ func historyKinds(s switchDetail) string {
 func TestLegacyAlsoUnhealthy(t *testing.T) {
 	e := startFailover(t, "split", 50, "")
 	l := startLoad(t, e.g, 100, 32)
-	e.legacy.setFault(faultStatus, 0)
-	e.consolidated.setFault(faultStatus, 0)
+	e.legacy.Fail(http.StatusInternalServerError)
+	e.consolidated.Fail(http.StatusInternalServerError)
 	Eventually(t, 10*time.Second, "the switch to trip", func() bool { return e.tripped(t) })
 	// At the trip, legacy's window may hold too few of its failures to
 	// judge it; with all traffic on it, it must be judged soon after.
@@ -735,10 +610,10 @@ func TestTripActionsAndMetrics(t *testing.T) {
 	tripOnce := func() {
 		t.Helper()
 		l := startLoad(t, e.g, 100, 32)
-		e.consolidated.setFault(faultStatus, 0)
+		e.consolidated.Fail(http.StatusInternalServerError)
 		Eventually(t, 10*time.Second, "the switch to trip", func() bool { return e.tripped(t) })
 		l.stop()
-		e.consolidated.setFault(faultNone, 0)
+		e.consolidated.Fail(0)
 		l.checkNoErrors(t)
 	}
 	tripOnce()
@@ -802,9 +677,9 @@ func TestTripActionsAndMetrics(t *testing.T) {
 		t.Fatalf("after CLI reset: mode %s weight %d tripped %v; want split 40", s.Mode, s.Weight, s.Tripped)
 	}
 	// Consolidated takes traffic again.
-	hits := e.consolidated.hits.Load()
+	hits := e.consolidated.Hits.Load()
 	l := startLoad(t, e.g, 100, 16)
-	Eventually(t, 10*time.Second, "traffic on consolidated after reset", func() bool { return e.consolidated.hits.Load() > hits+10 })
+	Eventually(t, 10*time.Second, "traffic on consolidated after reset", func() bool { return e.consolidated.Hits.Load() > hits+10 })
 	l.stop()
 	l.checkNoErrors(t)
 }
@@ -901,9 +776,9 @@ http://{HTTP} {
 // TestReplayGetsTheClientRequest: a request replayed on legacy is the one
 // the client sent, not the one consolidated's handlers rewrote.
 func TestReplayGetsTheClientRequest(t *testing.T) {
-	legacy, consolidated := newFaultUpstream(t, "legacy"), newFaultUpstream(t, "consolidated")
-	g := StartGateway(t, GatewayConfig{Template: armTemplate, Extra: map[string]string{"LEGACY": legacy.Addr(), "CONSOLIDATED": consolidated.Addr()}})
-	consolidated.setFault(faultStatus, 0)
+	legacy, consolidated := NewUpstream(t, "legacy"), NewUpstream(t, "consolidated")
+	g := StartGateway(t, GatewayConfig{Template: armTemplate, Legacy: legacy, Consolidated: consolidated})
+	consolidated.Fail(http.StatusInternalServerError)
 	req, _ := http.NewRequest(http.MethodGet, "http://"+g.HTTP+"/api/orders?id=7", nil)
 	req.Header.Set("X-Test-Id", "rewritten")
 	resp, err := Client.Do(req)
@@ -915,13 +790,13 @@ func TestReplayGetsTheClientRequest(t *testing.T) {
 	if resp.StatusCode != 200 || string(b) != "legacy" {
 		t.Fatalf("got %d %q, want legacy's answer", resp.StatusCode, b)
 	}
-	if n := consolidated.pathHits("/orders"); n != 1 {
+	if n := consolidated.PathHits("/orders"); n != 1 {
 		t.Errorf("consolidated got /orders %d times, want 1 (its arm strips /api)", n)
 	}
-	if n := legacy.pathHits("/api/orders"); n != 1 {
-		t.Errorf("legacy got /api/orders %d times, want 1 (and /orders %d times)", n, legacy.pathHits("/orders"))
+	if n := legacy.PathHits("/api/orders"); n != 1 {
+		t.Errorf("legacy got /api/orders %d times, want 1 (and /orders %d times)", n, legacy.PathHits("/orders"))
 	}
-	if h, ok := legacy.request("rewritten"); !ok || h.Get("X-Arm") != "" {
+	if h, ok := legacy.RequestHeader("rewritten"); !ok || h.Get("X-Arm") != "" {
 		t.Errorf("legacy got X-Arm %q from consolidated's arm (seen %v)", h.Get("X-Arm"), ok)
 	}
 }
@@ -946,7 +821,7 @@ func TestTrailersPassOnConsolidated(t *testing.T) {
 // a consolidated that breaks every stream trips the switch.
 func TestBrokenStreamsTrip(t *testing.T) {
 	e := startFailover(t, "consolidated", 0, "trip {\n consecutive_failures 3\n}")
-	e.consolidated.setFault(faultStream, 0)
+	e.consolidated.BreakStreams(true)
 	for i := 0; i < 10 && !e.tripped(t); i++ {
 		if resp, err := Client.Get("http://" + e.g.HTTP + "/stream"); err == nil {
 			io.Copy(io.Discard, resp.Body)

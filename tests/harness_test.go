@@ -68,21 +68,43 @@ func FreePort(t testing.TB) int {
 }
 
 // Upstream is a real HTTP server standing in for legacy or consolidated.
-// Its behaviour can be changed while it serves: a status to answer or a
-// delay. (The failover tests' faultUpstream adds closed connections,
-// broken streams and timing.)
+// It answers its name with 200, and on the path /trailer adds the trailer
+// X-Checksum: sum-<name>. Faults can be switched on and off while it
+// serves (Fail, Delay, HangUp, BreakStreams); each switch also restarts
+// FaultWindow's clock. A delay comes before the answer; a hang-up wins
+// over a broken stream, and both win over a status.
+//
+// An Upstream also keeps what a test may want to check afterwards: how
+// many requests reached each path, the header and body of every request
+// that carried an X-Test-Id, when it served its first faulty answer and
+// when the latest request reached it (see FaultWindow).
 type Upstream struct {
 	*httptest.Server
-	Name   string
-	Hits   atomic.Int64
-	status atomic.Int64
-	delay  atomic.Int64
+	Name string
+	Hits atomic.Int64 // requests received
+
+	status      atomic.Int64 // status to answer instead of 200; 0: none
+	delay       atomic.Int64 // ns to wait before answering; 0: none
+	hangUp      atomic.Bool  // close the connection without an answer
+	breakStream atomic.Bool  // answer 200, flush a few bytes, then close
+	firstFault  atomic.Int64 // Unix ns of the first faulty answer; 0: none yet
+	lastHit     atomic.Int64 // Unix ns of the latest request's arrival
+
+	mu     sync.Mutex
+	paths  map[string]int           // requests by URL path
+	tagged map[string]taggedRequest // requests by X-Test-Id
+}
+
+// taggedRequest is what an Upstream keeps of a request with an X-Test-Id.
+type taggedRequest struct {
+	header http.Header
+	body   []byte
 }
 
 // NewUpstream starts an upstream that answers its name with 200.
 func NewUpstream(t testing.TB, name string) *Upstream {
 	t.Helper()
-	u := &Upstream{Name: name}
+	u := &Upstream{Name: name, paths: map[string]int{}, tagged: map[string]taggedRequest{}}
 	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
 	t.Cleanup(u.Server.Close)
 	return u
@@ -90,27 +112,149 @@ func NewUpstream(t testing.TB, name string) *Upstream {
 
 func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 	u.Hits.Add(1)
+	u.arrived(time.Now())
+	u.record(r)
+	w.Header().Set("X-Upstream", u.Name)
 	if d := u.delay.Load(); d > 0 {
 		time.Sleep(time.Duration(d))
+		defer u.faulted()
 	}
-	io.Copy(io.Discard, r.Body)
-	w.Header().Set("X-Upstream", u.Name)
-	if s := u.status.Load(); s != 0 {
-		w.WriteHeader(int(s))
-		fmt.Fprintf(w, "%s failing with %d", u.Name, s)
-		return
+	status := u.status.Load()
+	switch {
+	case u.hangUp.Load():
+		closeConn(w)
+		u.faulted()
+	case u.breakStream.Load():
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprint(w, "partial-"+u.Name)
+		http.NewResponseController(w).Flush()
+		time.Sleep(50 * time.Millisecond)
+		closeConn(w)
+		u.faulted()
+	case status != 0:
+		w.WriteHeader(int(status))
+		fmt.Fprintf(w, "%s failing with %d", u.Name, status)
+		u.faulted()
+	case r.URL.Path == "/trailer":
+		w.Header().Set("Trailer", "X-Checksum")
+		fmt.Fprint(w, u.Name)
+		w.Header().Set("X-Checksum", "sum-"+u.Name)
+	default:
+		fmt.Fprint(w, u.Name)
 	}
-	fmt.Fprint(w, u.Name)
+}
+
+// arrived moves lastHit forward to now; a request that arrived earlier but
+// got here later does not move it back.
+func (u *Upstream) arrived(now time.Time) {
+	ns := now.UnixNano()
+	for {
+		last := u.lastHit.Load()
+		if ns <= last || u.lastHit.CompareAndSwap(last, ns) {
+			return
+		}
+	}
+}
+
+// record reads the request body and notes the path; a request with an
+// X-Test-Id also has its header and body kept under that id.
+func (u *Upstream) record(r *http.Request) {
+	id := r.Header.Get("X-Test-Id")
+	var body []byte
+	if id != "" {
+		body, _ = io.ReadAll(r.Body)
+	} else {
+		io.Copy(io.Discard, r.Body)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.paths[r.URL.Path]++
+	if id != "" {
+		u.tagged[id] = taggedRequest{header: r.Header.Clone(), body: body}
+	}
+}
+
+// faulted notes the time of the first faulty answer.
+func (u *Upstream) faulted() {
+	u.firstFault.CompareAndSwap(0, time.Now().UnixNano())
+}
+
+// closeConn closes the connection of the request that w answers.
+func closeConn(w http.ResponseWriter) {
+	if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+		c.Close()
+	}
 }
 
 // Addr is the upstream's host:port.
 func (u *Upstream) Addr() string { return strings.TrimPrefix(u.URL, "http://") }
 
 // Fail makes it answer status (0 restores 200).
-func (u *Upstream) Fail(status int) { u.status.Store(int64(status)) }
+func (u *Upstream) Fail(status int) {
+	u.firstFault.Store(0)
+	u.status.Store(int64(status))
+}
 
-// Delay adds latency to every answer.
-func (u *Upstream) Delay(d time.Duration) { u.delay.Store(int64(d)) }
+// Delay adds latency to every answer (0 removes it).
+func (u *Upstream) Delay(d time.Duration) {
+	u.firstFault.Store(0)
+	u.delay.Store(int64(d))
+}
+
+// HangUp makes it close every connection without an answer (false stops).
+func (u *Upstream) HangUp(on bool) {
+	u.firstFault.Store(0)
+	u.hangUp.Store(on)
+}
+
+// BreakStreams makes it answer 200, flush "partial-<name>", then close
+// the connection mid-body (false stops).
+func (u *Upstream) BreakStreams(on bool) {
+	u.firstFault.Store(0)
+	u.breakStream.Store(on)
+}
+
+// FaultWindow returns when it served its first faulty answer since a fault
+// was last switched, and when the latest request reached it, so a test can
+// time a failover from the one to the other. first is the zero time if no
+// faulty answer was served, last if no request came.
+func (u *Upstream) FaultWindow() (first, last time.Time) {
+	return unixNano(u.firstFault.Load()), unixNano(u.lastHit.Load())
+}
+
+// unixNano is the time ns after the Unix epoch; 0 is the zero time.
+func unixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// PathHits is how many requests for path reached it.
+func (u *Upstream) PathHits(path string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.paths[path]
+}
+
+// RequestHeader returns the header of the request that carried X-Test-Id
+// id; ok is false if none reached it.
+func (u *Upstream) RequestHeader(id string) (h http.Header, ok bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r, ok := u.tagged[id]
+	return r.header, ok
+}
+
+// RequestBody returns the body of the request that carried X-Test-Id id;
+// ok is false if none reached it.
+func (u *Upstream) RequestBody(id string) (body []byte, ok bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r, ok := u.tagged[id]
+	return r.body, ok
+}
 
 // Gateway is a running switchback process.
 type Gateway struct {
