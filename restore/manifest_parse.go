@@ -286,23 +286,15 @@ func (p *manifestParser) integer() (string, error) {
 }
 
 func (p *manifestParser) int(bits int) (int64, error) {
-	if p.null() {
-		return 0, nil
-	}
-	start := p.i
-	s, err := p.integer()
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.ParseInt(s, 10, bits)
-	if err != nil {
-		p.i = start
-		return 0, p.errorf("number %s out of range", s)
-	}
-	return n, nil
+	return number(p, func(s string) (int64, error) { return strconv.ParseInt(s, 10, bits) })
 }
 
 func (p *manifestParser) uint(bits int) (uint64, error) {
+	return number(p, func(s string) (uint64, error) { return strconv.ParseUint(s, 10, bits) })
+}
+
+// number parses an integer with parse, which range-checks it.
+func number[T int64 | uint64](p *manifestParser, parse func(string) (T, error)) (T, error) {
 	if p.null() {
 		return 0, nil
 	}
@@ -311,7 +303,7 @@ func (p *manifestParser) uint(bits int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := strconv.ParseUint(s, 10, bits)
+	n, err := parse(s)
 	if err != nil {
 		p.i = start
 		return 0, p.errorf("number %s out of range", s)
