@@ -92,14 +92,20 @@ func (s *objectStore) verifyObjects(ctx context.Context, workers int, objs []obj
 // objectChecker is one verify worker's state: a hasher, a read buffer and,
 // where the kernel allows, a ring for batches.
 type objectChecker struct {
-	s    *objectStore
-	h    hash.Hash
-	buf  *[]byte
-	ring *objectRing // nil: batches are read with plain system calls
+	s     *objectStore
+	h     hash.Hash
+	buf   *[]byte
+	flags int         // open(2) flags, without O_NOATIME once it failed
+	ring  *objectRing // nil: batches are read with plain system calls
+}
+
+func newChecker() *objectChecker {
+	return &objectChecker{h: sha256.New(), buf: getBuf(), flags: objectOpenFlags | unix.O_NOATIME}
 }
 
 func (s *objectStore) newChecker(batches bool) *objectChecker {
-	c := &objectChecker{s: s, h: sha256.New(), buf: getBuf()}
+	c := newChecker()
+	c.s = s
 	if batches && !s.noRing {
 		// A kernel without io_uring, or a sandbox that forbids it, gets
 		// the plain path; that is slower, not wrong.
@@ -161,11 +167,12 @@ func (c *objectChecker) checkBatch(objs []objectCheck, idx []int, done func(i in
 		sizes = append(sizes, objs[i].size)
 		at = append(at, i)
 	}
-	res, err := c.ring.read(names, sizes)
+	res, err := c.ring.read(names, sizes, c.flags)
 	if err == nil {
 		c.s.ringBatches.Add(1)
 	}
 	for k, i := range at {
+		// check retries without O_NOATIME, and drops it for what follows.
 		if err == nil && int64(res[k]) == sizes[k] {
 			var want [sha256.Size]byte
 			hex.Decode(want[:], []byte(names[k]))
@@ -179,6 +186,12 @@ func (c *objectChecker) checkBatch(objs []objectCheck, idx []int, done func(i in
 	}
 }
 
+// objectOpenFlags open an object or a live file for hashing. Where the
+// caller may, O_NOATIME is added (see objectChecker.flags): an object's atime means nothing, and
+// updating it (on the first read after a write, under relatime) dirties
+// every inode a verify reads.
+const objectOpenFlags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+
 // hashPath returns the SHA-256 and length of the regular file at path,
 // refusing to follow a symlink in the last component. With size >= 0 (what
 // the file is expected to hold) a file of that size costs one read.
@@ -186,7 +199,12 @@ func (c *objectChecker) hashPath(path string, size int64) (sum [sha256.Size]byte
 	// Raw system calls rather than os.File: os.File's per-file setup
 	// (poller registration, finalizer) costs more than hashing a small
 	// object.
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(path, c.flags, 0)
+	if err == unix.EPERM && c.flags&unix.O_NOATIME != 0 {
+		// O_NOATIME is for the file's owner (or root) only.
+		c.flags &^= unix.O_NOATIME
+		fd, err = unix.Open(path, c.flags, 0)
+	}
 	if err != nil {
 		return sum, 0, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
@@ -221,8 +239,8 @@ func (c *objectChecker) hashPath(path string, size int64) (sum [sha256.Size]byte
 
 // hashFile returns the hex SHA-256 and size of the regular file at path.
 func hashFile(path string) (string, int64, error) {
-	c := objectChecker{h: sha256.New(), buf: getBuf()}
-	defer putBuf(c.buf)
+	c := newChecker()
+	defer c.close()
 	sum, n, err := c.hashPath(path, -1)
 	if err != nil {
 		return "", 0, err

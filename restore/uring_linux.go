@@ -161,11 +161,11 @@ func (r *objectRing) slot(k int) []byte {
 	return r.mem[off : off+batchSlot]
 }
 
-// read reads the objects named by digests, whose expected sizes are below
-// batchSlot, into slots 0..len-1 and returns for each the bytes read or a
-// negative errno. Each is asked for one byte more than its size, so an
-// object that grew reads size+1.
-func (r *objectRing) read(digests []string, sizes []int64) ([]int32, error) {
+// read opens the objects named by digests with flags and reads them
+// (their expected sizes are below batchSlot) into slots 0..len-1. It
+// returns for each the bytes read or a negative errno. Each is asked for
+// one byte more than its size, so an object that grew reads size+1.
+func (r *objectRing) read(digests []string, sizes []int64, flags int) ([]int32, error) {
 	if r.broken {
 		return nil, unix.EIO
 	}
@@ -180,7 +180,7 @@ func (r *objectRing) read(digests []string, sizes []int64) ([]int32, error) {
 			opcode:   ringOpOpenat,
 			fd:       int32(r.dir),
 			addr:     uint64(uintptr(unsafe.Pointer(&name[0]))),
-			opFlags:  unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+			opFlags:  uint32(flags),
 			userData: uint64(k),
 		})
 	}
