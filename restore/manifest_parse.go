@@ -3,6 +3,7 @@ package restore
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -22,6 +23,9 @@ func parseManifest(b []byte) (*Manifest, error) {
 	// One copy of the input: the strings of the manifest are slices of
 	// it, which saves an allocation for each.
 	p := manifestParser{s: string(b)}
+	// Every entry has a path, and so does every root: sizing a root's
+	// entries from the count saves growing them (and the garbage).
+	p.paths = strings.Count(p.s, `"path":`)
 	var mf Manifest
 	err := p.object(func(key string) (err error) {
 		switch key {
@@ -48,8 +52,9 @@ func parseManifest(b []byte) (*Manifest, error) {
 }
 
 type manifestParser struct {
-	s string
-	i int
+	s     string
+	i     int
+	paths int // "path" keys not yet parsed, at most
 }
 
 func (p *manifestParser) errorf(format string, args ...any) error {
@@ -61,10 +66,14 @@ func (p *manifestParser) root(r *RootManifest) error {
 		switch key {
 		case "path":
 			r.Path, err = p.string()
+			p.paths--
 		case "absent":
 			r.Absent, err = p.bool()
 		case "entries":
 			err = p.array(func() error {
+				if r.Entries == nil {
+					r.Entries = make([]Entry, 0, max(p.paths, 1))
+				}
 				r.Entries = append(r.Entries, Entry{})
 				return p.entry(&r.Entries[len(r.Entries)-1])
 			})
@@ -89,6 +98,7 @@ func (p *manifestParser) entry(e *Entry) error {
 		switch key {
 		case "path":
 			e.Path, err = p.string()
+			p.paths--
 		case "type":
 			e.Type, err = p.string()
 		case "mode":
