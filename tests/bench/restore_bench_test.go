@@ -189,3 +189,82 @@ func TestRestoreBench(t *testing.T) {
 	t.Logf("targets: restore/cp -a = %.2f against the cp -a just before it, %.2f against the first (≤1.5), second/first create = %.3f (≤0.2), verify = %.2f GB/s (≥1)",
 		rd.Seconds()/cpWarm.Seconds(), rd.Seconds()/cpD.Seconds(), second.Seconds()/first.Seconds(), rep.BytesPerSecond/1e9)
 }
+
+// TestVerifyLargeBench verifies a point of large files, where SHA-256
+// rather than per-file system calls bounds verify, next to sha256sum over
+// the same files. Run it with:
+//
+//	SWITCHBACK_BENCH=1 go test -run '^TestVerifyLargeBench$' -v -count=1 ./tests/bench/
+func TestVerifyLargeBench(t *testing.T) {
+	if os.Getenv("SWITCHBACK_BENCH") == "" {
+		t.Skip("set SWITCHBACK_BENCH=1 to run the verify benchmark")
+	}
+	work := t.TempDir()
+	live := filepath.Join(work, "live")
+	if err := os.Mkdir(live, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	buf := make([]byte, 8<<20)
+	var total int64
+	var paths []string
+	for i := range 24 {
+		for j := 0; j < len(buf); j += 8 {
+			v := r.Uint64()
+			for k := range 8 {
+				buf[j+k] = byte(v >> (8 * k))
+			}
+		}
+		p := filepath.Join(live, fmt.Sprintf("blob-%02d", i))
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+		total += int64(len(buf))
+	}
+	st, err := local.Open(filepath.Join(work, "state.db"), local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m, err := restore.New(st, restore.Config{
+		Backups: filepath.Join(work, "backups"),
+		Logs:    filepath.Join(work, "logs"),
+		Types:   map[string][]string{restore.TypeFullSystem: {live}},
+	}, restore.Options{Host: "bench"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := m.CreatePoint(ctx, restore.CreateOptions{Type: restore.TypeFullSystem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		t0 := time.Now()
+		rep, err := m.VerifyPoint(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := time.Since(t0)
+		t.Logf("switchback verify: %d objects, %.0f MB in %v: %.2f GB/s hashing (%.2f GB/s wall)",
+			rep.Objects, float64(rep.Bytes)/1e6, d.Round(time.Millisecond), rep.BytesPerSecond/1e9, float64(rep.Bytes)/d.Seconds()/1e9)
+	}
+	if _, err := exec.LookPath("sha256sum"); err == nil {
+		half := len(paths) / 2
+		t0 := time.Now()
+		a := exec.Command("sha256sum", paths[:half]...)
+		b := exec.Command("sha256sum", paths[half:]...)
+		if err := a.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		d := time.Since(t0)
+		t.Logf("sha256sum, 2 processes: %.0f MB in %v: %.2f GB/s", float64(total)/1e6, d.Round(time.Millisecond), float64(total)/d.Seconds()/1e9)
+	}
+}
