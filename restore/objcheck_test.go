@@ -195,7 +195,14 @@ func BenchmarkVerifyObjects(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	objs := testObjects(b, s, 4000, 2<<10, 6<<10, 11<<10, 30<<10, 700, 150<<10)
+	// GOROOT/src's mix: 89% of objects under 16 KB (3 KB on average), 9%
+	// from 16 to 64 KB, 2% larger (250 KB on average).
+	var sizes []int
+	for i := range 44 {
+		sizes = append(sizes, 300+i*140)
+	}
+	sizes = append(sizes, 20<<10, 25<<10, 30<<10, 35<<10, 40<<10, 250<<10)
+	objs := testObjects(b, s, 3000, sizes...)
 	var total int64
 	for _, o := range objs {
 		total += o.size
