@@ -75,6 +75,7 @@ func (h *Handler) legacyHealth(now time.Time) (bool, string) {
 func (h *Handler) legacyWatchLoop(ctx context.Context) {
 	tick := time.NewTicker(legacyWatchEvery)
 	defer tick.Stop()
+	var goodSince time.Time // legacy healthy without a break since, while marked unhealthy
 	for {
 		select {
 		case <-ctx.Done():
@@ -82,28 +83,71 @@ func (h *Handler) legacyWatchLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		rec, _ := h.sw.Record()
-		if !rec.Tripped || rec.LegacyUnhealthy {
-			continue
+		now := time.Now()
+		switch {
+		case !rec.Tripped:
+			goodSince = time.Time{}
+		case rec.LegacyUnhealthy:
+			goodSince = h.watchLegacyRecovery(ctx, rec, now, goodSince)
+		default:
+			h.watchLegacyFailure(ctx, rec, now)
 		}
-		bad, why := h.legacyHealth(time.Now())
-		if !bad {
-			continue
-		}
-		changed := false
-		_, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
-			if !cur.Tripped || cur.LegacyUnhealthy || !cur.Since.Equal(rec.Since) {
-				return false
-			}
-			cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = true, why
-			changed = true
-			return true
-		})
-		if !changed {
-			continue
-		}
-		h.logger.Error("switch is on legacy, but LEGACY ALSO UNHEALTHY", zap.String("legacy", why), zap.String("trip", rec.Reason), zap.Error(err))
-		h.app.emit("switchback.legacy_unhealthy", map[string]any{"switch": h.Name, "reason": why, "gateway": h.app.gateway})
 	}
+}
+
+// watchLegacyFailure marks a tripped switch's legacy unhealthy when it
+// breaks the rules or its probe fails.
+func (h *Handler) watchLegacyFailure(ctx context.Context, rec state.Switch, now time.Time) {
+	bad, why := h.legacyHealth(now)
+	if !bad {
+		return
+	}
+	changed := false
+	_, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+		if !cur.Tripped || cur.LegacyUnhealthy || !cur.Since.Equal(rec.Since) {
+			return false
+		}
+		cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = true, why
+		changed = true
+		return true
+	})
+	if !changed {
+		return
+	}
+	h.logger.Error("switch is on legacy, but LEGACY ALSO UNHEALTHY", zap.String("legacy", why), zap.String("trip", rec.Reason), zap.Error(err))
+	h.app.emit("switchback.legacy_unhealthy", map[string]any{"switch": h.Name, "reason": why, "gateway": h.app.gateway})
+}
+
+// watchLegacyRecovery clears the unhealthy mark once legacy has been
+// positively healthy for a whole window, so the mark says how legacy is,
+// not how it once was, and a legacy hovering at a threshold does not flap.
+// It returns the new start of legacy's healthy run.
+func (h *Handler) watchLegacyRecovery(ctx context.Context, rec state.Switch, now, goodSince time.Time) time.Time {
+	bad, _ := h.legacyHealth(now)
+	if bad || !h.monitor.LegacyHealthy(now.UnixNano()) {
+		return time.Time{}
+	}
+	if goodSince.IsZero() {
+		return now
+	}
+	span := h.rules().Window
+	if now.Sub(goodSince) < span {
+		return goodSince
+	}
+	changed := false
+	_, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+		if !cur.Tripped || !cur.LegacyUnhealthy || !cur.Since.Equal(rec.Since) {
+			return false
+		}
+		cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = false, ""
+		changed = true
+		return true
+	})
+	if changed {
+		h.logger.Warn("legacy healthy again; the switch stays tripped", zap.String("was", rec.LegacyUnhealthyReason), zap.Duration("healthy_for", now.Sub(goodSince)), zap.Error(err))
+		h.app.emit("switchback.legacy_healthy", map[string]any{"switch": h.Name, "gateway": h.app.gateway})
+	}
+	return time.Time{}
 }
 
 // legacyWatchEvery is how often a tripped switch re-judges legacy.

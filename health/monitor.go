@@ -198,6 +198,26 @@ func (m *Monitor) LastTrip() (Verdict, bool) {
 	return Verdict{}, false
 }
 
+// LegacyHealthy reports whether the legacy arm is positively healthy at
+// now: its probe, if any, passes, and its window holds enough requests for
+// the rules to judge (MinRequests, and at least one) without any of them
+// tripping. A window too empty to judge is not health. Without a legacy
+// window only a probe can say so.
+func (m *Monitor) LegacyHealthy(now int64) bool {
+	if m.probe != nil && !m.probe.Healthy() {
+		return false
+	}
+	if m.legacy == nil {
+		return m.probe != nil
+	}
+	s := m.legacy.StatsWithQuantile(now, m.rules.LatencyQuantile)
+	if s.Requests == 0 || s.Requests < m.rules.MinRequests {
+		return false
+	}
+	_, bad := m.rules.Evaluate(s)
+	return !bad
+}
+
 // LegacyUnhealthy reports whether the legacy arm looks unhealthy at now
 // (Unix nanoseconds), with a reason: its probe is down, or its own window
 // breaks the same rules as the consolidated arm's. It is false with an

@@ -254,6 +254,40 @@ func TestMonitorRunStops(t *testing.T) {
 	}
 }
 
+func TestMonitorLegacyHealthy(t *testing.T) {
+	r := Rules{ErrorRate: 0.1, MinRequests: 10, Window: 10 * time.Second}
+	m, _ := newTestMonitor(t, r)
+	if m.LegacyHealthy(at(0)) {
+		t.Error("healthy with an empty window")
+	}
+	for i := range 9 {
+		m.legacy.Observe(at(time.Duration(i)*time.Millisecond), time.Millisecond, false)
+	}
+	if m.LegacyHealthy(at(time.Second)) {
+		t.Error("healthy with 9 requests, under min_requests 10")
+	}
+	m.legacy.Observe(at(10*time.Millisecond), time.Millisecond, false)
+	if !m.LegacyHealthy(at(time.Second)) {
+		t.Error("not healthy with 10 good requests")
+	}
+	for i := range 5 {
+		m.legacy.Observe(at(time.Duration(20+i)*time.Millisecond), time.Millisecond, true)
+	}
+	if m.LegacyHealthy(at(time.Second)) {
+		t.Error("healthy at a 33% error rate")
+	}
+	// The failures age out of the window; new good requests judge it.
+	for i := range 10 {
+		m.legacy.Observe(at(12*time.Second+time.Duration(i)*time.Millisecond), time.Millisecond, false)
+	}
+	if !m.LegacyHealthy(at(12 * time.Second)) {
+		t.Error("not healthy once the failures left the window")
+	}
+	if NewMonitor(MonitorOptions{Rules: r}).LegacyHealthy(at(0)) {
+		t.Error("healthy with neither a window nor a probe")
+	}
+}
+
 func TestMonitorLegacyUnhealthy(t *testing.T) {
 	r := Rules{ErrorRate: 0.1, MinRequests: 10, Window: 10 * time.Second}
 	t.Run("healthy legacy window", func(t *testing.T) {

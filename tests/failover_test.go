@@ -552,7 +552,8 @@ func historyKinds(s switchDetail) string {
 }
 
 // TestLegacyAlsoUnhealthy: with both arms failing, the switch still trips,
-// and the state, the metrics and the logs say legacy is unhealthy too.
+// and the state, the metrics and the logs say legacy is unhealthy too,
+// until legacy has been healthy again for a window.
 func TestLegacyAlsoUnhealthy(t *testing.T) {
 	e := startFailover(t, "split", 50, "")
 	l := startLoad(t, e.g, 100, 32)
@@ -576,6 +577,27 @@ func TestLegacyAlsoUnhealthy(t *testing.T) {
 	Eventually(t, 5*time.Second, "the loud log line", func() bool {
 		return strings.Contains(e.g.Logs(), "LEGACY ALSO UNHEALTHY")
 	})
+
+	// Legacy heals: once it has been healthy for a whole window (10s),
+	// the mark clears and the switch stays tripped.
+	e.legacy.Fail(0)
+	healed := time.Now()
+	l = startLoad(t, e.g, 100, 32)
+	Eventually(t, 30*time.Second, "legacy marked healthy again", func() bool { return !e.detail(t).LegacyUnhealthy })
+	l.stop()
+	t.Logf("legacy unmarked %v after it healed", time.Since(healed).Round(100*time.Millisecond))
+	if d := time.Since(healed); d < 10*time.Second {
+		t.Errorf("legacy unmarked %v after it healed, before a whole window of health", d)
+	}
+	if s := e.detail(t); !s.Tripped || s.Mode != "legacy" || s.LegacyUnhealthyReason != "" {
+		t.Errorf("after legacy healed: mode %s tripped %v reason %q, want still tripped, no reason", s.Mode, s.Tripped, s.LegacyUnhealthyReason)
+	}
+	if v := metricValue(e.g.metrics(t), `switchback_legacy_unhealthy{switch="main"}`); v != 0 {
+		t.Errorf("switchback_legacy_unhealthy = %v after legacy healed, want 0", v)
+	}
+	if !strings.Contains(e.g.Logs(), "legacy healthy again") {
+		t.Error("no log line says legacy is healthy again")
+	}
 }
 
 // TestTripActionsAndMetrics: a trip runs on_trip exec and webhook (the
