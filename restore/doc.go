@@ -26,6 +26,20 @@
 // match the newest point of the same root, so a point of an unchanged tree
 // costs one lstat per entry.
 //
+// Manifests are read by parseManifest, a strict parser of exactly this
+// format that decodes what encoding/json would (it is fuzzed against it)
+// at 3.5 times the speed; every path in them is then checked.
+//
+// # Verify
+//
+// Verify re-hashes every object a point references, once each, biggest
+// first, on as many workers as cores. Objects under 64 KB (most of a
+// source tree) are read in batches of 64 through io_uring where the kernel
+// allows (objcheck.go, uring_linux.go), each with one read of its size plus
+// a byte, with O_NOATIME where the caller owns the objects; bigger ones with
+// plain reads. Whatever a batch finds wrong is checked again on its own, so
+// every problem has the same exact message either way.
+//
 // # Restore
 //
 // Rollback runs these steps, each recorded in the operation's
