@@ -7,9 +7,13 @@
 //
 // backups/objects/ab/abcdef... holds file contents named by their SHA-256
 // (64 hex characters, checked before any use). An object is written to a
-// temp file, fsynced, renamed into place and its directory fsynced, so an
-// object that exists under its name is complete; identical content is
-// stored once across all points.
+// temp file, made durable, renamed into place and its directory fsynced,
+// so an object that exists under its name is complete; identical content
+// is stored once across all points. A create writes all its new objects
+// as one batch: one syncfs(2) before the renames instead of two fsyncs an
+// object, which made the first create of an 11k-file tree several times
+// faster. Temp files a killed create leaves are removed by cleanup after
+// an hour.
 //
 // backups/manifests/<point>.json is a point's manifest: for each root (a
 // configured file or directory, by absolute path) every entry below it,

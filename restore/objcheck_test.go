@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // testObjects fills a store with n objects of the given sizes (cycled)
@@ -222,5 +223,81 @@ func BenchmarkVerifyObjects(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestObjectBatch: a batch's objects appear under their names only at
+// commit, content is stored once, and abort or a stale-temp sweep leaves
+// no temp files.
+func TestObjectBatch(t *testing.T) {
+	s, err := openObjectStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	temps := func() int {
+		m, _ := filepath.Glob(filepath.Join(s.dir, ".tmp-*"))
+		return len(m)
+	}
+	existing, _, err := s.add(strings.NewReader("already stored"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := s.batch()
+	var digests []string
+	for _, c := range []string{"one", "two", "one", "already stored", ""} {
+		d, n, err := b.add(strings.NewReader(c))
+		if err != nil || n != int64(len(c)) {
+			t.Fatalf("add(%q) = %d, %v", c, n, err)
+		}
+		digests = append(digests, d)
+	}
+	if digests[0] != digests[2] || digests[3] != existing {
+		t.Fatalf("digests %v", digests)
+	}
+	for _, d := range []string{digests[0], digests[1], digests[4]} {
+		if s.has(d) {
+			t.Errorf("object %s visible before commit", d[:12])
+		}
+	}
+	if n := temps(); n != 3 {
+		t.Errorf("%d temp files before commit, want 3 (one, two, empty)", n)
+	}
+	if err := b.commit(); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range digests {
+		c := newChecker()
+		c.s = s
+		if _, err := c.check(d, -1); err != nil {
+			t.Errorf("object %d after commit: %v", i, err)
+		}
+		c.close()
+	}
+	if n := temps(); n != 0 {
+		t.Errorf("%d temp files after commit", n)
+	}
+
+	b = s.batch()
+	d, _, err := b.add(strings.NewReader("never committed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.abort()
+	if s.has(d) || temps() != 0 {
+		t.Errorf("after abort: object %v, %d temp files", s.has(d), temps())
+	}
+
+	// A create killed before its commit leaves temp files; cleanup removes
+	// those older than its grace period, and only those.
+	for _, age := range []time.Duration{2 * time.Hour, time.Minute} {
+		p := filepath.Join(s.dir, fmt.Sprintf(".tmp-%d", age))
+		os.WriteFile(p, []byte("orphan"), 0o440)
+		os.Chtimes(p, time.Now().Add(-age), time.Now().Add(-age))
+	}
+	if n := s.removeStaleTemps(time.Now().Add(-time.Hour), true); n != 6 || temps() != 2 {
+		t.Errorf("dry run: %d bytes, %d temp files left", n, temps())
+	}
+	if n := s.removeStaleTemps(time.Now().Add(-time.Hour), false); n != 6 || temps() != 1 {
+		t.Errorf("sweep: %d bytes, %d temp files left, want 6 and 1", n, temps())
 	}
 }

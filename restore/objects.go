@@ -11,14 +11,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // objectStore keeps file contents under dir/ab/abcdef..., named by the
-// hex SHA-256 of the content. An object is written to a temp file in its
-// fan-out directory, fsynced, renamed into place, and the directory is
-// fsynced, so an object that exists under its name is complete.
+// hex SHA-256 of the content. An object is written to a temp file in dir,
+// made durable (with the rest of its batch, see objectBatch), renamed into
+// place, and the directory is fsynced, so an object that exists under its
+// name is complete.
 type objectStore struct {
 	dir string
 	// noRing makes verification use plain system calls even where
@@ -69,83 +71,156 @@ func (s *objectStore) open(d string) (*os.File, error) {
 	return os.Open(s.path(d))
 }
 
-// addFile stores the content of the regular file at path, whose digest
-// the caller has computed as want (empty if unknown), and returns the
-// digest. When the object already exists, its mtime is refreshed so a
-// concurrent garbage collection keeps it. The file is re-hashed as it is
-// copied; a file that changed in between is an error.
-func (s *objectStore) addFile(path, want string) (string, int64, error) {
-	if want != "" && s.has(want) {
-		now := time.Now()
-		os.Chtimes(s.path(want), now, now)
-		return want, -1, nil
-	}
+// objectBatch stores many objects with one filesystem sync instead of two
+// fsyncs each. Objects are written to temp files; commit syncs the
+// filesystem, renames them into place and syncs their directories. So an
+// object still appears under its name only once its content is durable,
+// and the names are durable before commit returns. A batch is safe for
+// concurrent use.
+type objectBatch struct {
+	s       *objectStore
+	mu      sync.Mutex
+	pending map[string]string // digest → temp file
+}
+
+func (s *objectStore) batch() *objectBatch {
+	return &objectBatch{s: s, pending: map[string]string{}}
+}
+
+// addFile stores the content of the regular file at path, refusing to
+// follow a symlink, and returns its digest and size.
+func (b *objectBatch) addFile(path string) (string, int64, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|oNoFollow, 0)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
-	d, n, err := s.add(f)
-	if err != nil {
-		return "", 0, err
-	}
-	if want != "" && d != want {
-		return "", 0, fmt.Errorf("%s changed while it was being read", path)
-	}
-	return d, n, nil
+	return b.add(f)
 }
 
-// add stores what r yields and returns its digest and size.
-func (s *objectStore) add(r io.Reader) (string, int64, error) {
-	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
+// add stores what r yields and returns its digest and size. Content the
+// store or the batch already holds is not written twice; an object that
+// exists has its mtime refreshed, so a concurrent garbage collection
+// keeps it.
+func (b *objectBatch) add(r io.Reader) (string, int64, error) {
+	tmp, err := os.CreateTemp(b.s.dir, ".tmp-*")
 	if err != nil {
 		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
 	tmpName := tmp.Name()
-	fail := func(err error) (string, int64, error) {
-		tmp.Close()
-		os.Remove(tmpName)
-		return "", 0, fmt.Errorf("writing object: %w", err)
-	}
 	h := sha256.New()
 	buf := getBuf()
 	n, err := io.CopyBuffer(io.MultiWriter(tmp, h), r, *buf)
 	putBuf(buf)
+	if err == nil {
+		err = tmp.Chmod(0o440)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return fail(err)
+		os.Remove(tmpName)
+		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
 	d := hex.EncodeToString(h.Sum(nil))
-	if s.has(d) {
-		tmp.Close()
+	b.mu.Lock()
+	_, dup := b.pending[d]
+	if !dup {
+		b.pending[d] = tmpName
+	}
+	b.mu.Unlock()
+	if dup || b.s.has(d) {
+		if !dup {
+			b.mu.Lock()
+			delete(b.pending, d)
+			b.mu.Unlock()
+			now := time.Now()
+			os.Chtimes(b.s.path(d), now, now)
+		}
 		os.Remove(tmpName)
-		now := time.Now()
-		os.Chtimes(s.path(d), now, now)
-		return d, n, nil
-	}
-	if err := tmp.Chmod(0o440); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fail(err)
-	}
-	fan := filepath.Join(s.dir, d[:2])
-	if err := os.Mkdir(fan, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
-		os.Remove(tmpName)
-		return "", 0, fmt.Errorf("writing object: %w", err)
-	} else if err == nil {
-		syncDir(s.dir)
-	}
-	if err := os.Rename(tmpName, s.path(d)); err != nil {
-		os.Remove(tmpName)
-		return "", 0, fmt.Errorf("writing object: %w", err)
-	}
-	if err := syncDir(fan); err != nil {
-		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
 	return d, n, nil
+}
+
+// commit makes the batch's objects durable and puts them in place.
+func (b *objectBatch) commit() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.pending) == 0 {
+		return nil
+	}
+	if err := syncFS(b.s.dir); err != nil {
+		return fmt.Errorf("writing objects: %w", err)
+	}
+	fans := map[string]bool{}
+	for d, tmp := range b.pending {
+		fan := filepath.Join(b.s.dir, d[:2])
+		if !fans[fan] {
+			if err := os.Mkdir(fan, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("writing objects: %w", err)
+			}
+			fans[fan] = true
+		}
+		if err := os.Rename(tmp, filepath.Join(fan, d)); err != nil {
+			return fmt.Errorf("writing objects: %w", err)
+		}
+		delete(b.pending, d)
+	}
+	fans[b.s.dir] = true // new fan-out directories, and the temp names gone
+	for dir := range fans {
+		if err := syncDir(dir); err != nil {
+			return fmt.Errorf("writing objects: %w", err)
+		}
+	}
+	return nil
+}
+
+// abort removes what the batch wrote and has not committed.
+func (b *objectBatch) abort() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for d, tmp := range b.pending {
+		os.Remove(tmp)
+		delete(b.pending, d)
+	}
+}
+
+// add stores one object durably: a batch of one.
+func (s *objectStore) add(r io.Reader) (string, int64, error) {
+	b := s.batch()
+	d, n, err := b.add(r)
+	if err == nil {
+		err = b.commit()
+	}
+	if err != nil {
+		b.abort()
+		return "", 0, err
+	}
+	return d, n, nil
+}
+
+// removeStaleTemps removes the temp files of writes that died (a create
+// killed before its batch committed) last modified before cutoff, and
+// returns how many bytes they held.
+func (s *objectStore) removeStaleTemps(cutoff time.Time, dryRun bool) int64 {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return 0
+	}
+	var freed int64
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".tmp-") {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || info.ModTime().After(cutoff) {
+			continue
+		}
+		if dryRun || os.Remove(filepath.Join(s.dir, e.Name())) == nil {
+			freed += info.Size()
+		}
+	}
+	return freed
 }
 
 // walk calls fn for every object in the store with its modification time.

@@ -152,8 +152,12 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 	var size int64
 	var files int
 	parents := map[string]bool{}
+	// New content goes into one batch, made durable with one sync before
+	// the manifest names it.
+	objs := m.objects.batch()
+	defer objs.abort()
 	for _, root := range spec.roots {
-		rm, parent, err := m.scanRoot(ctx, opID, root, all)
+		rm, parent, err := m.scanRoot(ctx, opID, root, all, objs)
 		if err != nil {
 			return Point{}, nil, err
 		}
@@ -167,6 +171,9 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 			}
 		}
 		mf.Roots = append(mf.Roots, rm)
+	}
+	if err := objs.commit(); err != nil {
+		return Point{}, nil, err
 	}
 	b, digest, err := mf.encode()
 	if err != nil {
@@ -252,7 +259,7 @@ func (m *Manager) commitPoint(ctx context.Context, p *Point, manifest []byte) er
 
 // scanRoot records root: every entry below it, storing the content of
 // files that changed since the parent point.
-func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point) (RootManifest, string, error) {
+func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point, objs *objectBatch) (RootManifest, string, error) {
 	rm := RootManifest{Path: root}
 	info, err := os.Lstat(root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -317,7 +324,7 @@ func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point) 
 		if err := m.hook("open " + j.path); err != nil {
 			return userErr(err, "cannot read %s: %v", j.path, err)
 		}
-		d, n, err := m.objects.addFile(j.path, "")
+		d, n, err := objs.addFile(j.path)
 		if err != nil {
 			if errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.EIO) {
 				return userErr(err, "cannot read %s: %v", j.path, err)

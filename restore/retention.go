@@ -168,6 +168,7 @@ func (m *Manager) gc(ctx context.Context, pts []Point, dryRun bool, rep *Cleanup
 		}
 	}
 	cutoff := time.Now().Add(-gcGrace)
+	rep.BytesFreed += m.objects.removeStaleTemps(cutoff, dryRun)
 	err := m.objects.walk(ctx, func(d string, info fs.FileInfo) error {
 		if used[d] || info.ModTime().After(cutoff) {
 			return nil
