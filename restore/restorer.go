@@ -12,10 +12,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -694,11 +692,8 @@ type stager struct {
 	jr    *JournalRoot
 	check func() error
 
-	mu      sync.Mutex
-	written []string // stage-relative names to fsync
-	dirs    []string
-	copied  atomic.Int64
-	linked  atomic.Int64
+	copied atomic.Int64
+	linked atomic.Int64
 }
 
 func (st *stager) build(ctx context.Context) error {
@@ -742,7 +737,6 @@ func (st *stager) build(ctx context.Context) error {
 			if err := r.Mkdir(name(e.Path), 0o700); err != nil {
 				return fmt.Errorf("staging %s: %w", st.t.root, err)
 			}
-			st.dirs = append(st.dirs, name(e.Path))
 		case EntrySymlink:
 			if err := r.Symlink(e.Target, name(e.Path)); err != nil {
 				return fmt.Errorf("staging %s: %w", st.t.root, err)
@@ -958,9 +952,6 @@ func (st *stager) copyObject(r *os.Root, e Entry, name string) error {
 	if err := r.Chtimes(name, t, t); err != nil {
 		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
 	}
-	st.mu.Lock()
-	st.written = append(st.written, name)
-	st.mu.Unlock()
 	return nil
 }
 
@@ -969,24 +960,13 @@ func (st *stager) sync(ctx context.Context) error {
 	if st.jr.TargetAbsent {
 		return nil
 	}
-	r, err := os.OpenRoot(filepath.Dir(st.t.root))
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	names := append(slices.Clone(st.written), st.dirs...)
-	err = parallel(ctx, 16, len(names), func(i int) error {
-		f, err := r.Open(names[i])
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		return f.Sync()
-	})
-	if err != nil {
+	// One syncfs for the whole stage (and the directory that will hold
+	// it) rather than an fsync for each file and directory written: the
+	// same guarantee, one journal commit instead of thousands.
+	if err := syncFS(filepath.Dir(st.t.root)); err != nil {
 		return fmt.Errorf("syncing staged %s: %w", st.t.root, err)
 	}
-	return syncDir(filepath.Dir(st.t.root))
+	return ctx.Err()
 }
 
 func inoOf(info fs.FileInfo) uint64 {
