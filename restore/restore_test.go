@@ -94,3 +94,26 @@ func TestUnknownPoint(t *testing.T) {
 		}
 	}
 }
+
+// TestRollbackSingleFileRoot: a root that is one file (a component such as
+// app/hub.py) is restored with its content, mode and mtime.
+func TestRollbackSingleFileRoot(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	ctx := context.Background()
+	hub := filepath.Join(e.dir, "app", "hub.py")
+	before := snapshotAll(t, hub)
+	p := mustCreate(t, e.m, CreateOptions{Type: TypePartialComponent, Component: "hub"})
+	if p.Files != 1 {
+		t.Fatalf("point = %+v", p)
+	}
+	if err := os.WriteFile(hub, []byte("hub v2, longer than before\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if op, err := e.m.Rollback(ctx, p.ID, RollbackOptions{Trigger: "test"}); err != nil {
+		t.Fatalf("Rollback: %v\n%+v", err, op.Steps)
+	}
+	if got := snapshotAll(t, hub); got != before {
+		t.Fatalf("restored file differs:\n--- got\n%s\n--- want\n%s", got, before)
+	}
+}

@@ -766,7 +766,13 @@ func (st *stager) build(ctx context.Context) error {
 	pr := st.m.progress(st.opID, "stage "+st.t.root, int64(nfiles), 0)
 	defer pr.done()
 	if rootFile != nil {
-		if err := st.copyObject(r, *rootFile, name(".")); err != nil {
+		pd, err := r.Open(".")
+		if err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+		err = st.copyObjectAt(int(pd.Fd()), stageName, *rootFile)
+		pd.Close()
+		if err != nil {
 			return err
 		}
 		st.copied.Add(1)
@@ -865,7 +871,7 @@ func (st *stager) stageDir(r *os.Root, base string, name func(string) string, li
 
 // copyObjectAt writes entry e's content from the object store to leaf in
 // the stage directory dirFd, checking the content against its digest as it
-// copies, and syncs it.
+// copies. The fsync step makes it durable.
 func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
 	src, err := st.m.objects.open(e.Digest)
 	if err != nil {
@@ -898,9 +904,6 @@ func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
 		ts := unix.NsecToTimespec(e.MTime)
 		err = unix.UtimesNanoAt(dirFd, leaf, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
 	}
-	if err == nil {
-		err = dst.Sync()
-	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
@@ -917,45 +920,8 @@ func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
 	return nil
 }
 
-// copyObject writes entry e's content from the object store to name.
-func (st *stager) copyObject(r *os.Root, e Entry, name string) error {
-	src, err := st.m.objects.open(e.Digest)
-	if err != nil {
-		return userErr(ErrVerifyFailed, "content of %s/%s: %v", st.t.root, e.Path, err)
-	}
-	defer src.Close()
-	dst, err := r.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
-	}
-	var w io.Writer = dst
-	if st.m.newWriter != nil {
-		w = st.m.newWriter(dst)
-	}
-	n, err := io.Copy(w, src)
-	if err == nil && n != e.Size {
-		err = userErr(ErrVerifyFailed, "object %s has %d bytes, manifest says %d", short(e.Digest), n, e.Size)
-	}
-	if err == nil {
-		err = dst.Chmod(fileMode(e.Mode))
-	}
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return userErr(err, "disk full while staging %s/%s: %v", st.t.root, e.Path, err)
-	}
-	if err != nil {
-		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
-	}
-	t := time.Unix(0, e.MTime)
-	if err := r.Chtimes(name, t, t); err != nil {
-		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
-	}
-	return nil
-}
-
-// sync fsyncs every file written and every directory of the stage tree.
+// sync makes the stage tree durable: every file written, link made and
+// directory created.
 func (st *stager) sync(ctx context.Context) error {
 	if st.jr.TargetAbsent {
 		return nil
