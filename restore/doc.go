@@ -11,8 +11,8 @@
 // so an object that exists under its name is complete; identical content
 // is stored once across all points. A create writes all its new objects
 // as one batch: one syncfs(2) before the renames instead of two fsyncs an
-// object, which made the first create of an 11k-file tree several times
-// faster. Temp files a killed create leaves are removed by cleanup after
+// object, which made the first create of an 11k-file tree about three
+// times faster. Temp files a killed create leaves are removed by cleanup after
 // an hour.
 //
 // backups/manifests/<point>.json is a point's manifest: for each root (a
