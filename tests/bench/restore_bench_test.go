@@ -99,19 +99,7 @@ func TestRestoreBench(t *testing.T) {
 
 	// switchback.
 	ctx := context.Background()
-	st, err := local.Open(filepath.Join(work, "state.db"), local.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m, err := restore.New(st, restore.Config{
-		Backups: filepath.Join(work, "backups"),
-		Logs:    filepath.Join(work, "logs"),
-		Types:   map[string][]string{restore.TypeFullSystem: {live}},
-	}, restore.Options{Host: "bench"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := benchManager(t, work, live)
 	drop()
 	t0 := time.Now()
 	p1, err := m.CreatePoint(ctx, restore.CreateOptions{Type: restore.TypeFullSystem})
@@ -222,19 +210,7 @@ func TestVerifyLargeBench(t *testing.T) {
 		paths = append(paths, p)
 		total += int64(len(buf))
 	}
-	st, err := local.Open(filepath.Join(work, "state.db"), local.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m, err := restore.New(st, restore.Config{
-		Backups: filepath.Join(work, "backups"),
-		Logs:    filepath.Join(work, "logs"),
-		Types:   map[string][]string{restore.TypeFullSystem: {live}},
-	}, restore.Options{Host: "bench"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := benchManager(t, work, live)
 	ctx := context.Background()
 	p, err := m.CreatePoint(ctx, restore.CreateOptions{Type: restore.TypeFullSystem})
 	if err != nil {
@@ -267,4 +243,24 @@ func TestVerifyLargeBench(t *testing.T) {
 		d := time.Since(t0)
 		t.Logf("sha256sum, 2 processes: %.0f MB in %v: %.2f GB/s", float64(total)/1e6, d.Round(time.Millisecond), float64(total)/d.Seconds()/1e9)
 	}
+}
+
+// benchManager returns a restore manager on a bbolt store in work, whose
+// full_system points hold live.
+func benchManager(t *testing.T, work, live string) *restore.Manager {
+	t.Helper()
+	st, err := local.Open(filepath.Join(work, "state.db"), local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	m, err := restore.New(st, restore.Config{
+		Backups: filepath.Join(work, "backups"),
+		Logs:    filepath.Join(work, "logs"),
+		Types:   map[string][]string{restore.TypeFullSystem: {live}},
+	}, restore.Options{Host: "bench"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
