@@ -62,7 +62,7 @@ func (s *objectStore) verifyObjects(ctx context.Context, workers int, objs []obj
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := s.newChecker(len(small) > 0)
+			c := s.checker(len(small) > 0)
 			defer c.close()
 			for ctx.Err() == nil {
 				if i := int(nextSingle.Add(1) - 1); i < len(single) {
@@ -99,11 +99,14 @@ type objectChecker struct {
 	ring  *objectRing // nil: batches are read with plain system calls
 }
 
+// newChecker returns a checker of files by path, without a store or ring.
 func newChecker() *objectChecker {
 	return &objectChecker{h: sha256.New(), buf: getBuf(), flags: objectOpenFlags | unix.O_NOATIME}
 }
 
-func (s *objectStore) newChecker(batches bool) *objectChecker {
+// checker returns a verify worker's checker of s's objects; with batches,
+// one that reads small objects through a ring where it can.
+func (s *objectStore) checker(batches bool) *objectChecker {
 	c := newChecker()
 	c.s = s
 	if batches && !s.noRing && os.Getenv("SWITCHBACK_IO_URING") != "off" {
