@@ -388,14 +388,26 @@ func holders(path string) string {
 	return strings.Join(found, ", ")
 }
 
-// flock is a lock held as an flock(2) on a file.
+// flock is a lock held as an flock(2) on a file, taken through s.
 type flock struct {
+	s    *Store
 	f    *os.File
 	lost chan struct{}
 	once sync.Once
 }
 
+// Lost implements state.Lock. It never closes: the lock lives as long as
+// the process.
 func (l *flock) Lost() <-chan struct{} { return l.lost }
+
+// Unlock implements state.Lock.
+func (l *flock) Unlock() error {
+	l.s.mu.Lock()
+	delete(l.s.locks, l)
+	l.s.mu.Unlock()
+	l.release()
+	return nil
+}
 
 func (l *flock) release() {
 	l.once.Do(func() {
@@ -430,26 +442,11 @@ func (s *Store) Lock(ctx context.Context, name string, holder []byte) (state.Loc
 		f.WriteAt(holder, 0)
 		f.Sync()
 	}
-	l := &flock{f: f, lost: make(chan struct{})}
+	l := &flock{s: s, f: f, lost: make(chan struct{})}
 	s.mu.Lock()
 	s.locks[l] = struct{}{}
 	s.mu.Unlock()
-	return &unlocker{s: s, l: l}, nil
-}
-
-type unlocker struct {
-	s *Store
-	l *flock
-}
-
-func (u *unlocker) Lost() <-chan struct{} { return u.l.lost }
-
-func (u *unlocker) Unlock() error {
-	u.s.mu.Lock()
-	delete(u.s.locks, u.l)
-	u.s.mu.Unlock()
-	u.l.release()
-	return nil
+	return l, nil
 }
 
 // Interface guard.

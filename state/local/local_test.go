@@ -91,7 +91,7 @@ func TestLockReleasedWhenProcessDies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.(*unlocker).l.f.Close()
+	l.(*flock).f.Close()
 	if _, err := s.Lock(context.Background(), "restore", []byte("you")); err != nil {
 		t.Fatalf("Lock after holder's file closed: %v", err)
 	}
