@@ -265,13 +265,12 @@ func TestObjectBatch(t *testing.T) {
 	if err := b.commit(); err != nil {
 		t.Fatal(err)
 	}
+	c := s.checker(false)
+	defer c.close()
 	for i, d := range digests {
-		c := newChecker()
-		c.s = s
 		if _, err := c.check(d, -1); err != nil {
 			t.Errorf("object %d after commit: %v", i, err)
 		}
-		c.close()
 	}
 	if n := temps(); n != 0 {
 		t.Errorf("%d temp files after commit", n)
