@@ -2,7 +2,6 @@ package restore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -304,8 +303,6 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	var m json.RawMessage
-	_ = m
 }
 
 func TestOnlyRestoresPart(t *testing.T) {
