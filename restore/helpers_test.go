@@ -190,7 +190,7 @@ func mustCreate(t *testing.T, m *Manager, opts CreateOptions) Point {
 	return p
 }
 
-// tick makes successive point ids distinct without sleeping.
+// tickClock makes successive point ids distinct without sleeping.
 func tickClock(m *Manager) {
 	var n int64
 	base := time.Date(2025, 8, 18, 14, 30, 22, 0, time.UTC)
