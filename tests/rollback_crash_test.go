@@ -128,7 +128,6 @@ func (c *crashEnv) check(label string, cliRecovers bool) string {
 			t.Errorf("%s: op %s (%s) still running after recovery", label, op.ID, op.Kind)
 		}
 		if op.Kind == "rollback" && op.Trigger == "crash-test" {
-			op := op
 			restore = &op
 		}
 	}

@@ -580,12 +580,7 @@ func TestRollbackCLIOffline(t *testing.T) {
 	all := decode[[]pointJSON](t, "list", out)
 	out, errOut, code = e.offline("point", "cleanup", "--keep-count", "1", "--keep-days", "30", "--dry-run", "--json")
 	mustCLI(t, 0, out, errOut, code, "cleanup --dry-run")
-	var rep struct {
-		Removed []string `json:"removed"`
-		Kept    []string `json:"kept"`
-		DryRun  bool     `json:"dry_run"`
-	}
-	rep = decode[struct {
+	rep := decode[struct {
 		Removed []string `json:"removed"`
 		Kept    []string `json:"kept"`
 		DryRun  bool     `json:"dry_run"`
@@ -785,9 +780,6 @@ func TestRollbackCLIGateway(t *testing.T) {
 	if code := g.AdminJSON(t, "POST", "/switchback/points/"+created.ID+"/verify", nil, &rep); code != 200 || !rep.OK {
 		t.Errorf("POST verify: %d %+v", code, rep)
 	}
-	var emptyErr struct {
-		Error string `json:"error"`
-	}
 	for _, c := range []struct {
 		name, method, path string
 		body               any
@@ -818,7 +810,6 @@ func TestRollbackCLIGateway(t *testing.T) {
 			t.Errorf("%s: %s %s = %d %q, want %d with an error containing %q", c.name, c.method, c.path, code, got.Error, c.status, c.msg)
 		}
 	}
-	_ = emptyErr
 	if code := g.AdminJSON(t, "GET", "/switchback/points?type=full_system", nil, &pts); code != 200 || len(pts) != before {
 		t.Errorf("bad requests changed the catalog: %d full_system points, had %d", len(pts), before)
 	}
