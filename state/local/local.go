@@ -179,16 +179,20 @@ func bucketFor(tx *bolt.Tx, ns string) *bolt.Bucket {
 	return tx.Bucket([]byte(ns))
 }
 
-func nextIndex(tx *bolt.Tx) (uint64, error) {
-	meta := tx.Bucket(bucketMeta)
-	var idx uint64
-	if v := meta.Get(keyIndex); len(v) == 8 {
-		idx = binary.BigEndian.Uint64(v)
+// currentIndex returns the store-wide index, 0 before the first write.
+func currentIndex(tx *bolt.Tx) uint64 {
+	if v := tx.Bucket(bucketMeta).Get(keyIndex); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
 	}
-	idx++
+	return 0
+}
+
+// nextIndex advances the store-wide index and returns it.
+func nextIndex(tx *bolt.Tx) (uint64, error) {
+	idx := currentIndex(tx) + 1
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], idx)
-	return idx, meta.Put(keyIndex, b[:])
+	return idx, tx.Bucket(bucketMeta).Put(keyIndex, b[:])
 }
 
 func checkValue(key string, value []byte) error {
@@ -329,9 +333,7 @@ func (s *Store) Watch(ctx context.Context, ns string, index uint64) ([]state.Ent
 		var idx uint64
 		var out []state.Entry
 		err := s.view(func(tx *bolt.Tx) error {
-			if v := tx.Bucket(bucketMeta).Get(keyIndex); len(v) == 8 {
-				idx = binary.BigEndian.Uint64(v)
-			}
+			idx = currentIndex(tx)
 			if index != 0 && idx == index {
 				return nil
 			}
