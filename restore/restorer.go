@@ -290,8 +290,9 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 			TargetAbsent: t.desired.Absent,
 		}
 		j.Roots = append(j.Roots, jr)
-		stagers = append(stagers, &stager{m: m, opID: op.ID, t: t, live: lr, jr: &j.Roots[len(j.Roots)-1], check: check})
+		stagers = append(stagers, &stager{m: m, opID: op.ID, t: t, live: lr, check: check})
 	}
+	// j.Roots is complete: point each stager at its root's entry.
 	for i := range stagers {
 		stagers[i].jr = &j.Roots[i]
 	}
@@ -299,20 +300,20 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 	if err := m.saveOp(ctx, op); err != nil {
 		return abort(err)
 	}
-	var copied, linked atomic.Int64
+	var copied, linked int64
 	err = m.step(ctx, op, "stage", func(s *Step) error {
 		for _, st := range stagers {
 			if err := st.build(ctx); err != nil {
 				return err
 			}
-			copied.Add(st.copied.Load())
-			linked.Add(st.linked.Load())
+			copied += st.copied.Load()
+			linked += st.linked.Load()
 		}
-		s.Detail = fmt.Sprintf("%d roots, %d files copied, %d linked", len(stagers), copied.Load(), linked.Load())
+		s.Detail = fmt.Sprintf("%d roots, %d files copied, %d linked", len(stagers), copied, linked)
 		return nil
 	})
 	if op.Plan != nil {
-		op.Plan.Copied, op.Plan.Linked = copied.Load(), linked.Load()
+		op.Plan.Copied, op.Plan.Linked = copied, linked
 	}
 	if err != nil {
 		return abort(err)
