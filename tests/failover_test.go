@@ -232,32 +232,10 @@ func (l *load) p99() time.Duration {
 	return s[(len(s)*99)/100]
 }
 
-// switchDetail is GET /switchback/switches/{name} with event times.
-type switchDetail struct {
-	Mode                  string `json:"mode"`
-	Weight                int    `json:"weight"`
-	Reason                string `json:"reason"`
-	Tripped               bool   `json:"tripped"`
-	Rule                  string `json:"rule"`
-	LegacyUnhealthy       bool   `json:"legacy_unhealthy"`
-	LegacyUnhealthyReason string `json:"legacy_unhealthy_reason"`
-	History               []struct {
-		Kind   string    `json:"kind"`
-		Mode   string    `json:"mode"`
-		Weight int       `json:"weight"`
-		Rule   string    `json:"rule"`
-		Reason string    `json:"reason"`
-		At     time.Time `json:"at"`
-	} `json:"history"`
-}
-
-func (e *failoverEnv) detail(t testing.TB) switchDetail {
+// detail reads switch main.
+func (e *failoverEnv) detail(t testing.TB) SwitchState {
 	t.Helper()
-	var s switchDetail
-	if code := e.g.AdminJSON(t, http.MethodGet, "/switchback/switches/main", nil, &s); code != 200 {
-		t.Fatalf("GET switch main: status %d", code)
-	}
-	return s
+	return e.g.Switch(t, "main")
 }
 
 func (e *failoverEnv) tripped(t testing.TB) bool {
@@ -543,7 +521,7 @@ func TestAutoRecover(t *testing.T) {
 	})
 }
 
-func historyKinds(s switchDetail) string {
+func historyKinds(s SwitchState) string {
 	var k []string
 	for _, ev := range s.History {
 		k = append(k, ev.Kind)
