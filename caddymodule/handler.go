@@ -411,9 +411,6 @@ func (h *Handler) rules() compiledRules {
 		r.ConsecutiveFailures = uint64(max(t.ConsecutiveFailures, 0))
 		r.LatencyQuantile = t.LatencyQuantile
 		r.LatencyLimit = time.Duration(t.Latency)
-		if t.ConsecutiveFailures < 0 {
-			r.ConsecutiveFailures = 0
-		}
 	}
 	if t.Window != 0 {
 		r.Window = time.Duration(t.Window)
