@@ -246,13 +246,12 @@ func corruptObject(t *testing.T, e *env, p Point, rel string, data []byte) {
 	for _, r := range mf.Roots {
 		for _, en := range r.Entries {
 			if filepath.Join(filepath.Base(r.Path), en.Path) == rel {
-				path := e.m.objects.path(en.Digest)
 				if data == nil {
-					if err := os.Remove(path); err != nil {
+					if err := os.Remove(e.m.objects.path(en.Digest)); err != nil {
 						t.Fatal(err)
 					}
-				} else if err := os.WriteFile(path, data, 0o644); err != nil {
-					t.Fatal(err)
+				} else {
+					overwriteObject(t, e.m.objects, en.Digest, data)
 				}
 				return
 			}

@@ -199,3 +199,14 @@ func tickClock(m *Manager) {
 		return base.Add(time.Duration(n) * time.Second)
 	}
 }
+
+// overwriteObject replaces the content of object d in s, making the
+// read-only object writable first.
+func overwriteObject(t *testing.T, s *objectStore, d string, data []byte) {
+	t.Helper()
+	p := s.path(d)
+	os.Chmod(p, 0o644)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

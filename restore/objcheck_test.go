@@ -66,13 +66,7 @@ func TestVerifyObjectsFaults(t *testing.T) {
 		// Three batches of small objects, some empty, and big ones that
 		// take the one-by-one path.
 		objs := testObjects(t, s, 3*batchLen+5, 0, 1, 100, 4096, batchSlot-1, batchSlot, 200<<10)
-		overwrite := func(o objectCheck, b []byte) {
-			p := s.path(o.digest)
-			os.Chmod(p, 0o644)
-			if err := os.WriteFile(p, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		overwrite := func(o objectCheck, b []byte) { overwriteObject(t, s, o.digest, b) }
 		content := func(o objectCheck) []byte {
 			b, err := os.ReadFile(s.path(o.digest))
 			if err != nil {
