@@ -167,3 +167,13 @@ func CheckName(name string) error {
 	}
 	return nil
 }
+
+// CheckValue reports whether value, to be written at key, is within
+// MaxValueSize. Every backend checks it before writing, so a value one
+// store accepts fits in every other.
+func CheckValue(key string, value []byte) error {
+	if len(value) > MaxValueSize {
+		return fmt.Errorf("value for %s is %d bytes, over the %d byte limit", key, len(value), MaxValueSize)
+	}
+	return nil
+}

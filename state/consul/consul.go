@@ -403,8 +403,8 @@ func (s *Store) write(ctx context.Context, op, key string, value []byte, cas boo
 	if ns == state.NSLocks {
 		return 0, fmt.Errorf("consul state: locks are taken with Lock, not written")
 	}
-	if len(value) > state.MaxValueSize {
-		return 0, fmt.Errorf("value for %s is %d bytes, over the %d byte limit", key, len(value), state.MaxValueSize)
+	if err := state.CheckValue(key, value); err != nil {
+		return 0, err
 	}
 	kvKey := s.kvKey(ns, name)
 	q, cancel := s.request(ctx)

@@ -195,13 +195,6 @@ func nextIndex(tx *bolt.Tx) (uint64, error) {
 	return idx, tx.Bucket(bucketMeta).Put(keyIndex, b[:])
 }
 
-func checkValue(key string, value []byte) error {
-	if len(value) > state.MaxValueSize {
-		return fmt.Errorf("value for %s is %d bytes, over the %d byte limit", key, len(value), state.MaxValueSize)
-	}
-	return nil
-}
-
 // Get implements state.Store.
 func (s *Store) Get(ctx context.Context, key string) (state.Entry, error) {
 	ns, name, err := state.SplitKey(key)
@@ -274,7 +267,7 @@ func (s *Store) write(key string, value []byte, version *uint64) (uint64, error)
 	if ns == state.NSLocks {
 		return 0, fmt.Errorf("local state: locks are taken with Lock, not written")
 	}
-	if err := checkValue(key, value); err != nil {
+	if err := state.CheckValue(key, value); err != nil {
 		return 0, err
 	}
 	var idx uint64
