@@ -210,7 +210,7 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		}
 	}
 	if h != nil && h.monitor != nil {
-		r := h.rules()
+		r := h.monitor.Rules()
 		st.Rules = &RuleStatus{
 			Armed: h.monitor.Armed(), Off: h.Trip != nil && h.Trip.Off,
 			ErrorRate: r.ErrorRate, LatencyQuantile: r.LatencyQuantile, LatencyMS: ms(r.LatencyLimit),

@@ -130,7 +130,7 @@ func (h *Handler) watchLegacyRecovery(ctx context.Context, rec state.Switch, now
 	if goodSince.IsZero() {
 		return now
 	}
-	span := h.rules().Window
+	span := h.monitor.Rules().Window
 	if now.Sub(goodSince) < span {
 		return goodSince
 	}
@@ -208,7 +208,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 			if !h.monitor.Armed() || st.Requests == 0 {
 				continue // tripped again, or nothing to judge yet
 			}
-			if _, bad := h.rules().Evaluate(st); bad {
+			if _, bad := h.monitor.Rules().Evaluate(st); bad {
 				continue // the monitor trips it
 			}
 			recovered, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
