@@ -33,12 +33,7 @@ func unchanged(t *testing.T, e *env, fn func() error) error {
 	if len(after) != len(manifests) {
 		t.Errorf("manifests: %d before, %d after", len(manifests), len(after))
 	}
-	ents, _ := os.ReadDir(e.dir)
-	for _, d := range ents {
-		if strings.Contains(d.Name(), ".switchback-") {
-			t.Errorf("leftover %s", d.Name())
-		}
-	}
+	noLeftovers(t, e.dir)
 	return err
 }
 

@@ -124,12 +124,7 @@ func checkRecovered(t *testing.T, dir, oldSnap, newSnap, cat string) string {
 	default:
 		t.Fatalf("after recovery the tree is neither old nor new:\n%s\n--- old\n%s\n--- new\n%s", got, oldSnap, newSnap)
 	}
-	ents, _ := os.ReadDir(dir)
-	for _, d := range ents {
-		if strings.Contains(d.Name(), ".switchback-") {
-			t.Errorf("leftover %s", d.Name())
-		}
-	}
+	noLeftovers(t, dir)
 	for _, op := range recovered {
 		switch {
 		case op.Status == StatusRolledBack && outcome != "old", op.Status == StatusRolledForward && outcome != "new":

@@ -210,3 +210,14 @@ func overwriteObject(t *testing.T, s *objectStore, d string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// noLeftovers reports any staging or old tree a restore left in dir.
+func noLeftovers(t *testing.T, dir string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	for _, d := range ents {
+		if strings.Contains(d.Name(), "switchback-") {
+			t.Errorf("leftover %s", d.Name())
+		}
+	}
+}

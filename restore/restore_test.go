@@ -68,13 +68,7 @@ func TestCreateAndRollbackRoundTrip(t *testing.T) {
 	if got := snapshotAll(t, e.roots()...); got != changed {
 		t.Fatalf("pre-rollback point restore differs:\n--- got\n%s\n--- want\n%s", got, changed)
 	}
-	// No staging leftovers.
-	ents, _ := os.ReadDir(e.dir)
-	for _, d := range ents {
-		if strings.Contains(d.Name(), "switchback-") {
-			t.Errorf("leftover %s", d.Name())
-		}
-	}
+	noLeftovers(t, e.dir)
 	// The log file exists and says completed.
 	b, err := os.ReadFile(filepath.Join(e.dir, "logs", "rollback-"+op.ID+".json"))
 	if err != nil || !strings.Contains(string(b), `"status": "completed"`) {
