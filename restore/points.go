@@ -278,27 +278,22 @@ func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point, 
 	var jobs []job
 	var total int64
 	add := func(rel, abs string, info fs.FileInfo) error {
-		e := Entry{Path: rel, Mode: modeOf(info.Mode()), MTime: info.ModTime().UnixNano()}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			e.Ino = st.Ino
-		}
-		switch {
-		case info.Mode().IsRegular():
-			e.Type, e.Size = EntryFile, info.Size()
+		e := entryFromInfo(rel, info)
+		switch e.Type {
+		case EntryFile:
 			if pe, ok := prev[rel]; ok && pe.Type == EntryFile && pe.Size == e.Size && pe.MTime == e.MTime && pe.Ino == e.Ino && e.Ino != 0 {
 				e.Digest = pe.Digest
 			} else {
 				jobs = append(jobs, job{len(rm.Entries), abs})
 				total += e.Size
 			}
-		case info.IsDir():
-			e.Type = EntryDir
-		case info.Mode()&fs.ModeSymlink != 0:
+		case EntryDir:
+		case EntrySymlink:
 			t, err := os.Readlink(abs)
 			if err != nil {
 				return userErr(err, "cannot read link %s: %v", abs, err)
 			}
-			e.Type, e.Target = EntrySymlink, t
+			e.Target = t
 		default:
 			m.warn(fmt.Errorf("skipping %s: not a file, directory or symlink", abs))
 			return nil

@@ -622,6 +622,9 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 	return p, toCopy, nil
 }
 
+// entryFromInfo returns the entry for info at rel without its digest or
+// link target, which need the file itself. Type is "other" for what is not
+// a file, directory or symlink.
 func entryFromInfo(rel string, info fs.FileInfo) Entry {
 	e := Entry{Path: rel, Mode: modeOf(info.Mode()), MTime: info.ModTime().UnixNano()}
 	switch {
@@ -634,9 +637,7 @@ func entryFromInfo(rel string, info fs.FileInfo) Entry {
 	default:
 		e.Type = "other"
 	}
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		e.Ino = st.Ino
-	}
+	e.Ino = inoOf(info)
 	return e
 }
 
