@@ -99,8 +99,8 @@ func (r MigrateReport) String() string {
 // point record, operation record or secret in both keeps the destination's
 // copy, and the difference is reported as a conflict. A fleet's cookie
 // secret is thus never replaced: users of a host that joins a fleet whose
-// secret differs get their sticky cookies re-issued with the fleet's key. A CAS that loses a race re-reads
-// the destination and decides again.
+// secret differs get their sticky cookies re-issued with the fleet's key.
+// A CAS that loses a race re-reads the destination and decides again.
 //
 // An entry that cannot be migrated (a switch record that does not decode)
 // is skipped; its error is joined into the returned error, after the other
