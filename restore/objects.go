@@ -108,10 +108,7 @@ func (b *objectBatch) add(r io.Reader) (string, int64, error) {
 		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
 	tmpName := tmp.Name()
-	h := sha256.New()
-	buf := getBuf()
-	n, err := io.CopyBuffer(io.MultiWriter(tmp, h), r, *buf)
-	putBuf(buf)
+	d, n, err := copyHashing(tmp, r)
 	if err == nil {
 		err = tmp.Chmod(0o440)
 	}
@@ -122,7 +119,6 @@ func (b *objectBatch) add(r io.Reader) (string, int64, error) {
 		os.Remove(tmpName)
 		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
-	d := hex.EncodeToString(h.Sum(nil))
 	b.mu.Lock()
 	_, dup := b.pending[d]
 	if !dup {
@@ -140,6 +136,16 @@ func (b *objectBatch) add(r io.Reader) (string, int64, error) {
 		os.Remove(tmpName)
 	}
 	return d, n, nil
+}
+
+// copyHashing copies r to w and returns the hex SHA-256 and length of
+// what it copied.
+func copyHashing(w io.Writer, r io.Reader) (string, int64, error) {
+	h := sha256.New()
+	buf := getBuf()
+	defer putBuf(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), r, *buf)
+	return hex.EncodeToString(h.Sum(nil)), n, err
 }
 
 // commit makes the batch's objects durable and puts them in place.

@@ -2,8 +2,6 @@ package restore
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -889,14 +887,11 @@ func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
 	if st.m.newWriter != nil {
 		w = st.m.newWriter(dst)
 	}
-	h := sha256.New()
-	buf := getBuf()
-	n, err := io.CopyBuffer(io.MultiWriter(w, h), src, *buf)
-	putBuf(buf)
+	d, n, err := copyHashing(w, src)
 	if err == nil && n != e.Size {
 		err = userErr(ErrVerifyFailed, "object %s has %d bytes, manifest says %d", short(e.Digest), n, e.Size)
 	}
-	if err == nil && hex.EncodeToString(h.Sum(nil)) != e.Digest {
+	if err == nil && d != e.Digest {
 		err = userErr(ErrVerifyFailed, "content of %s/%s: object %s is corrupt", st.t.root, e.Path, short(e.Digest))
 	}
 	if err == nil {
