@@ -204,7 +204,7 @@ func (l *fleetLoad) stop(t *testing.T) {
 	t.Logf("load: %d requests, %d client errors", l.requests.Load(), l.errors.Load())
 }
 
-// storeStatus reads GET /switchback/switches's store status.
+// fleetStoreStatus reads GET /switchback/switches's store status.
 func fleetStoreStatus(t *testing.T, g *Gateway) string {
 	t.Helper()
 	var out struct {
@@ -221,13 +221,8 @@ func fleetStoreStatus(t *testing.T, g *Gateway) string {
 // fleetDegradedMetric reads switchback_store_degraded from the metrics.
 func fleetDegradedMetric(t *testing.T, g *Gateway) string {
 	t.Helper()
-	resp, err := Client.Get("http://" + g.Admin + "/switchback/metrics")
-	if err != nil {
-		t.Fatalf("GET metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
+	b := g.metrics(t)
+	for _, line := range strings.Split(b, "\n") {
 		if strings.HasPrefix(line, "switchback_store_degraded{") {
 			return line[strings.LastIndexByte(line, ' ')+1:]
 		}
