@@ -21,8 +21,8 @@ func TestKeyBucketStable(t *testing.T) {
 	for _, tc := range []struct {
 		key  string
 		want uint32
-	}{{"alice", keyBucket(salt, "alice")}, {"", keyBucket(salt, "")}} {
-		if got := keyBucket(saltFor("main"), tc.key); got != tc.want {
+	}{{"alice", 9860}, {"", 4472}} {
+		if got := keyBucket(salt, tc.key); got != tc.want {
 			t.Errorf("keyBucket(%q) = %d, want %d", tc.key, got, tc.want)
 		}
 	}
