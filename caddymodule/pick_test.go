@@ -129,7 +129,7 @@ func TestCookieSigner(t *testing.T) {
 		} else {
 			b[i] = 'a'
 		}
-		if _, ok := s.verify(string(b)); ok && string(b) != val {
+		if _, ok := s.verify(string(b)); ok {
 			t.Fatalf("edited cookie %q verified", b)
 		}
 	}
