@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -67,16 +66,10 @@ func TestCookieSecretAfterOutage(t *testing.T) {
 	}
 	flaky.down.Store(false)
 	a.storeOK()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, ok := h.signer.Load().verify(fleetCookie); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the handler never took the fleet's key after the store returned")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "the handler to take the fleet's key after the store returned", func() bool {
+		_, ok := h.signer.Load().verify(fleetCookie)
+		return ok
+	})
 	if a.rt.secretEphemeral.Load() {
 		t.Error("still marked as a process-only key")
 	}

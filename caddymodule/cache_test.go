@@ -36,16 +36,7 @@ func TestSwitchCache(t *testing.T) {
 	b, _ := json.Marshal(rec)
 	snap = map[string]cachedSwitch{"main": {Record: b, Pending: true}}
 	c.touch()
-	eventually := func(what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); !cond(); {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	eventually("the cached record", func() bool {
+	eventually(t, "the cached record", func() bool {
 		got, pending, ok := c.load(context.Background(), "main")
 		return ok && pending && got.Mode == state.ModeLegacy && got.Weight == 30 && got.Since.Equal(rec.Since)
 	})
