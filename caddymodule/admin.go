@@ -376,7 +376,7 @@ func (a *App) handleSwitchAction(w http.ResponseWriter, r *http.Request, name, a
 	}
 	if wasTripped && !rec.Tripped && rec.Mode != state.ModeLegacy {
 		if h := sw.handler.Load(); h != nil {
-			h.recovered(r.Context(), rec)
+			h.recovered(rec)
 		}
 	}
 	return writeJSON(w, status, out)

@@ -223,15 +223,16 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 				return true
 			})
 			if err == nil || recovered.Tripped == false {
-				h.recovered(ctx, recovered)
+				h.recovered(recovered)
 			}
 		}
 	}
 }
 
 // recovered logs, emits and runs on_recover after a recovery on this
-// gateway.
-func (h *Handler) recovered(ctx context.Context, rec state.Switch) {
+// gateway. The actions run under the config's context, not the caller's:
+// an admin request's context ends with its response.
+func (h *Handler) recovered(rec state.Switch) {
 	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
 	data := map[string]any{"event": "recovered", "switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
 	h.app.emit("switchback.recovered", data)
