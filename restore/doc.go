@@ -70,8 +70,9 @@
 //     stage directory and one on the live directory (used only if its
 //     inode is the one the pre-rollback point recorded), so each link or
 //     create resolves one name. Every copied file is hashed as it is
-//     written and must match its digest, then synced.
-//  6. fsync: every staged directory (the files were synced as written).
+//     written and must match its digest.
+//  6. fsync: one syncfs(2) per staged root, on the filesystem of its
+//     parent, makes every file, link and directory of the stage durable.
 //  7. swap: each root is exchanged with its stage by renameat2
 //     RENAME_EXCHANGE, one atomic step; where the filesystem cannot, the
 //     live tree is renamed to ".<name>.switchback-old-<op>" and the stage

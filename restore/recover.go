@@ -70,8 +70,9 @@ func (m *Manager) Recover(ctx context.Context) ([]Operation, error) {
 }
 
 // processAlive reports whether op's process may still be running: on this
-// host, whether its pid exists; elsewhere we cannot tell, so true unless
-// the operation holds a journal (then the free lock decides).
+// host, whether its pid exists. Elsewhere we cannot tell, so false: the
+// restore lock, and Recover's abandonedAfter wait for an operation
+// without a journal, decide.
 func (m *Manager) processAlive(op Operation) bool {
 	if op.Host == m.opts.Host {
 		if op.PID == m.pid {
