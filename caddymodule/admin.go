@@ -224,11 +224,7 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 func (a *App) lookup(name string) (*Switch, error) {
 	sw, ok := a.registry[name]
 	if !ok {
-		names := make([]string, 0, len(a.registry))
-		for n := range a.registry {
-			names = append(names, n)
-		}
-		return nil, apiErr(http.StatusNotFound, "unknown switch %q (switches: %s)", name, strings.Join(names, ", "))
+		return nil, apiErr(http.StatusNotFound, "unknown switch %q (switches: %s)", name, strings.Join(a.switchNames(), ", "))
 	}
 	return sw, nil
 }
