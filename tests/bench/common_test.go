@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -62,5 +64,32 @@ func startProcess(t *testing.T, cmd *exec.Cmd, ready func() bool) {
 			t.Fatalf("%s did not come up in 30s:\n%s", cmd.Path, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startSwitchback writes config to dir/Caddyfile and runs bin with it, in
+// dir, until the test ends, as startProcess does.
+func startSwitchback(t *testing.T, bin, dir, config string, ready func() bool) *exec.Cmd {
+	t.Helper()
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	startProcess(t, cmd, ready)
+	return cmd
+}
+
+// answers200 is a readiness check for startProcess: a GET of url answers 200.
+func answers200(url string) func() bool {
+	return func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
 	}
 }

@@ -253,20 +253,6 @@ backend be
 	server legacy {LEGACY} check inter 1s backup
 `
 
-// foStart runs a proxy process with cmd until the test ends and waits
-// until url answers 200.
-func foStart(t *testing.T, cmd *exec.Cmd, url string) {
-	t.Helper()
-	startProcess(t, cmd, func() bool {
-		resp, err := http.Get(url)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-}
-
 func TestFailoverBench(t *testing.T) {
 	if os.Getenv("SWITCHBACK_BENCH") == "" {
 		t.Skip("set SWITCHBACK_BENCH=1 to run the failover benchmark")
@@ -292,14 +278,7 @@ func TestFailoverBench(t *testing.T) {
 			admin, addr := freePort(t), freePort(t)
 			cfg := strings.NewReplacer("{ADMIN}", admin, "{HTTP}", addr, "{DIR}", dir,
 				"{LEGACY}", legacy.addr(), "{CONSOLIDATED}", consolidated.addr()).Replace(foCaddyfile)
-			path := filepath.Join(dir, "Caddyfile")
-			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-			foStart(t, cmd, "http://"+addr+"/")
+			cmd := startSwitchback(t, bin, dir, cfg, answers200("http://"+addr+"/"))
 			figs = append(figs, foRun(t, "switchback", fault, "http://"+addr+"/load", legacy, consolidated, rate))
 			cmd.Process.Kill()
 		}
@@ -319,7 +298,7 @@ func TestFailoverBench(t *testing.T) {
 				t.Fatalf("haproxy -c: %v\n%s", err, out)
 			}
 			cmd := exec.Command(haproxy, "-db", "-f", path)
-			foStart(t, cmd, "http://"+addr+"/")
+			startProcess(t, cmd, answers200("http://"+addr+"/"))
 			figs = append(figs, foRun(t, "haproxy", fault, "http://"+addr+"/load", legacy, consolidated, rate))
 			cmd.Process.Kill()
 		}

@@ -16,8 +16,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -310,13 +308,6 @@ func startBenchGateway(t *testing.T, bin, consulAddr, consolidated, name string)
 	g := &benchGateway{admin: freePort(t), http: freePort(t)}
 	cfg := strings.NewReplacer("{ADMIN}", g.admin, "{HTTP}", g.http, "{DIR}", dir, "{CONSUL}", consulAddr,
 		"{CONSOLIDATED}", consolidated, "{NAME}", name).Replace(fleetBenchTemplate)
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-	startProcess(t, cmd, func() bool { return g.mode(context.Background()) != "" })
+	startSwitchback(t, bin, dir, cfg, func() bool { return g.mode(context.Background()) != "" })
 	return g
 }

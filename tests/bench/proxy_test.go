@@ -15,14 +15,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"text/tabwriter"
-	"time"
 )
 
 const proxyBenchConfig = `{
@@ -140,35 +138,21 @@ func TestProxyBench(t *testing.T) {
 	dir := t.TempDir()
 	admin, plain, sw, pinned := freePort(t), freePort(t), freePort(t), freePort(t)
 	cfg := strings.NewReplacer("{ADMIN}", admin, "{PLAIN}", plain, "{SWITCH}", sw, "{LEGACY}", pinned, "{UPSTREAM}", upstream, "{DIR}", dir).Replace(proxyBenchConfig)
-	path := filepath.Join(dir, "Caddyfile")
-	os.WriteFile(path, []byte(cfg), 0o600)
-	cmd := exec.Command(bin, "run", "--config", path)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// The gateway is up once the switch issues a sticky cookie.
 	var cookie string
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	startSwitchback(t, bin, dir, cfg, func() bool {
 		resp, err := http.Get("http://" + sw + "/")
-		if err == nil {
-			resp.Body.Close()
-			for _, c := range resp.Cookies() {
-				if c.Name == "sb_user" {
-					cookie = "Cookie: sb_user=" + c.Value
-				}
-			}
-			if cookie != "" {
-				break
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		for _, c := range resp.Cookies() {
+			if c.Name == "sb_user" {
+				cookie = "Cookie: sb_user=" + c.Value
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("gateway did not come up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return cookie != ""
+	})
 
 	// Warm up both paths.
 	runWrk(t, "http://"+plain+"/", "2s", "")
