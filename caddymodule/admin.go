@@ -395,7 +395,7 @@ func (a *App) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	var buf bytes.Buffer
 	var series bytes.Buffer
-	fmt.Fprintf(&series, "switchback_store_degraded{backend=%q} %d\n", a.store.Describe(), boolInt(a.rt.degraded.Load()))
+	fmt.Fprintf(&series, "switchback_store_degraded{backend=%q} %g\n", a.store.Describe(), b2f(a.rt.degraded.Load()))
 	names := a.switchNames()
 	for _, name := range names {
 		a.registry[name].metrics.set.WritePrometheus(&series)
@@ -427,11 +427,4 @@ func metricName(line string) string {
 		return line[:i]
 	}
 	return line
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -273,7 +273,7 @@ func (a *App) writeRollbackMetrics(buf *bytes.Buffer) {
 		}
 		seen[op.Kind] = true
 		failed := op.Status == restore.StatusFailed
-		fmt.Fprintf(buf, "switchback_operation_last_failed{kind=%q} %d\n", op.Kind, boolInt(failed))
+		fmt.Fprintf(buf, "switchback_operation_last_failed{kind=%q} %g\n", op.Kind, b2f(failed))
 		fmt.Fprintf(buf, "switchback_operation_last_timestamp_seconds{kind=%q} %d\n", op.Kind, op.Started.Unix())
 	}
 }
