@@ -119,20 +119,19 @@ func (b *objectBatch) add(r io.Reader) (string, int64, error) {
 		os.Remove(tmpName)
 		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
+	if b.s.has(d) {
+		now := time.Now()
+		os.Chtimes(b.s.path(d), now, now)
+		os.Remove(tmpName)
+		return d, n, nil
+	}
 	b.mu.Lock()
 	_, dup := b.pending[d]
 	if !dup {
 		b.pending[d] = tmpName
 	}
 	b.mu.Unlock()
-	if dup || b.s.has(d) {
-		if !dup {
-			b.mu.Lock()
-			delete(b.pending, d)
-			b.mu.Unlock()
-			now := time.Now()
-			os.Chtimes(b.s.path(d), now, now)
-		}
+	if dup {
 		os.Remove(tmpName)
 	}
 	return d, n, nil
