@@ -142,10 +142,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if ev, err := ctx.App("events"); err == nil {
 		a.events, _ = ev.(*caddyevents.App)
 	}
-	if err := a.provisionRollback(ctx); err != nil {
-		return err
-	}
-	return nil
+	return a.provisionRollback()
 }
 
 // openStore opens the configured state store.

@@ -55,15 +55,11 @@ func (a *App) newManager(logger *zap.Logger, opts restore.Options) (*restore.Man
 	if opts.Logger == nil && logger != nil {
 		opts.Logger = slog.New(zapslog.NewHandler(logger.Core()))
 	}
-	m, err := restore.New(a.store, a.rollbackConfig(), opts)
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
+	return restore.New(a.store, a.rollbackConfig(), opts)
 }
 
 // provisionRollback sets up the rollback manager.
-func (a *App) provisionRollback(ctx caddy.Context) error {
+func (a *App) provisionRollback() error {
 	m, err := a.newManager(a.logger.Named("restore"), restore.Options{})
 	if err != nil {
 		return fmt.Errorf("rollback config: %w", err)

@@ -100,7 +100,7 @@ func (sw *Switch) Record() (state.Switch, bool) {
 	return rec, sw.pending
 }
 
-// apply makes rec the switch's state. Callers hold sw.mu.
+// applyLocked makes rec the switch's state. Callers hold sw.mu.
 func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 	prevTripped := sw.rec.Tripped
 	sw.rec = rec
