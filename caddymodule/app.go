@@ -119,7 +119,28 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision opens the state store and checks the rollback config.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
-	a.logger = ctx.Logger()
+	if err := a.setUp(ctx.Logger()); err != nil {
+		return err
+	}
+	if a.State != nil && a.State.Backend == "consul" {
+		// The cache stands in for a store that is down; without it the
+		// gateway still serves, from its config, so a cache that cannot
+		// be opened is logged rather than fatal.
+		var err error
+		if a.cache, err = openSwitchCache(DefaultCachePath(), a.logger); err != nil {
+			a.logger.Warn("no switch cache: a restart during a store outage will serve the config's state", zap.Error(err))
+		}
+	}
+	if ev, err := ctx.App("events"); err == nil {
+		a.events, _ = ev.(*caddyevents.App)
+	}
+	return a.provisionRollback()
+}
+
+// setUp does what the gateway and the offline CLI share: it names the
+// gateway, makes the runtime state and opens the state store.
+func (a *App) setUp(logger *zap.Logger) error {
+	a.logger = logger
 	a.registry = make(map[string]*Switch)
 	a.rt = new(appRuntime)
 	a.gateway = a.Gateway
@@ -131,18 +152,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.store = st
-	if a.State != nil && a.State.Backend == "consul" {
-		// The cache stands in for a store that is down; without it the
-		// gateway still serves, from its config, so a cache that cannot
-		// be opened is logged rather than fatal.
-		if a.cache, err = openSwitchCache(DefaultCachePath(), a.logger); err != nil {
-			a.logger.Warn("no switch cache: a restart during a store outage will serve the config's state", zap.Error(err))
-		}
-	}
-	if ev, err := ctx.App("events"); err == nil {
-		a.events, _ = ev.(*caddyevents.App)
-	}
-	return a.provisionRollback()
+	return nil
 }
 
 // openStore opens the configured state store.

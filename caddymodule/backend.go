@@ -251,14 +251,7 @@ func loadOffline(configFile string, progress func(restore.Progress)) (*offlineBa
 			return nil, "", fmt.Errorf("%s: switchback app: %w", configFile, err)
 		}
 	}
-	app.logger = zap.NewNop()
-	app.rt = new(appRuntime)
-	app.registry = map[string]*Switch{}
-	app.gateway = app.Gateway
-	if app.gateway == "" {
-		app.gateway, _ = os.Hostname()
-	}
-	if app.store, err = app.openStore(); err != nil {
+	if err := app.setUp(zap.NewNop()); err != nil {
 		return nil, "", err
 	}
 	if app.restore, err = app.newManager(nil, restore.Options{Progress: progress}); err != nil {
