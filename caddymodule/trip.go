@@ -192,15 +192,20 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 		switch rec.Mode {
 		case state.ModeLegacy:
 			h.sw.win.Load().consolidated.Reset()
+			changed := false
 			_, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
 				if !cur.Tripped || cur.Mode != state.ModeLegacy || !cur.Since.Equal(rec.Since) {
 					return false
 				}
+				changed = true
 				cur.Mode, cur.Weight, cur.Since, cur.By, cur.Gateway = state.ModeSplit, probeWeight, now, "auto_recover", h.app.gateway
 				cur.Reason = fmt.Sprintf("auto_recover: half-open, %d%% to consolidated for %s", probeWeight, after)
 				cur.Record(state.Event{Kind: "half_open", Mode: cur.Mode, Weight: cur.Weight, Reason: cur.Reason, By: cur.By, Gateway: cur.Gateway, At: now})
 				return true
 			})
+			if !changed {
+				continue // reset, re-tripped or moved elsewhere meanwhile
+			}
 			h.monitor.Rearm()
 			h.logger.Warn("auto_recover: half-open", zap.Int("probe_weight", probeWeight), zap.Error(err))
 		case state.ModeSplit:
@@ -211,10 +216,12 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 			if _, bad := h.monitor.Rules().Evaluate(st); bad {
 				continue // the monitor trips it
 			}
-			recovered, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+			changed := false
+			recovered, _ := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
 				if !cur.Tripped || cur.Mode != state.ModeSplit || !cur.Since.Equal(rec.Since) {
 					return false
 				}
+				changed = true
 				cur.Weight, cur.Tripped, cur.Rule = cur.RecoverWeight, false, ""
 				cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = false, ""
 				cur.Since, cur.By, cur.Gateway = now, "auto_recover", h.app.gateway
@@ -222,7 +229,11 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 				cur.Record(state.Event{Kind: "recover", Mode: cur.Mode, Weight: cur.Weight, Reason: cur.Reason, By: cur.By, Gateway: cur.Gateway, At: now})
 				return true
 			})
-			if err == nil || recovered.Tripped == false {
+			// Only a recovery made here is announced: the switch may have
+			// tripped again, or been changed by an admin or another
+			// gateway, since rec was read. A store that is down does not
+			// matter: the recovery holds here and is written later.
+			if changed {
 				h.recovered(recovered)
 			}
 		}
