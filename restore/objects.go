@@ -143,7 +143,9 @@ func copyHashing(w io.Writer, r io.Reader) (string, int64, error) {
 	h := sha256.New()
 	buf := getBuf()
 	defer putBuf(buf)
-	n, err := io.CopyBuffer(io.MultiWriter(w, h), r, *buf)
+	// Hide r's WriteTo (an *os.File has one), which would copy through
+	// a fresh 32 KB buffer of its own instead of the pooled one.
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), struct{ io.Reader }{r}, *buf)
 	return hex.EncodeToString(h.Sum(nil)), n, err
 }
 
