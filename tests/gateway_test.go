@@ -331,13 +331,8 @@ func TestBadConfigs(t *testing.T) {
 	legacy, cons := NewUpstream(t, "legacy"), NewUpstream(t, "consolidated")
 	run := func(t *testing.T, dir, caddyfile string) (string, int) {
 		t.Helper()
-		path := filepath.Join(dir, "Caddyfile")
-		caddyfile = strings.NewReplacer("{DIR}", dir, "{LEGACY}", legacy.Addr(), "{CONSOLIDATED}", cons.Addr(),
-			"{ADMIN}", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "{HTTP}", fmt.Sprintf("127.0.0.1:%d", FreePort(t))).Replace(caddyfile)
-		if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_, stderr, code := RunCLI(t, dir, "run", "--config", path)
+		g := prepareGateway(t, GatewayConfig{Template: caddyfile, Legacy: legacy, Consolidated: cons, Dir: dir})
+		_, stderr, code := RunCLI(t, dir, "run", "--config", g.Caddyfile)
 		return stderr, code
 	}
 	t.Run("two switches with one name", func(t *testing.T) {

@@ -310,6 +310,16 @@ http://{HTTP} {
 func StartGateway(t testing.TB, cfg GatewayConfig) *Gateway {
 	t.Helper()
 	bin := Binary(t)
+	g := prepareGateway(t, cfg)
+	g.start(bin)
+	t.Cleanup(g.Stop)
+	return g
+}
+
+// prepareGateway picks the gateway's ports and writes its config to
+// Caddyfile in its directory, without starting it.
+func prepareGateway(t testing.TB, cfg GatewayConfig) *Gateway {
+	t.Helper()
 	if cfg.Template == "" {
 		cfg.Template = DefaultTemplate
 	}
@@ -326,8 +336,6 @@ func StartGateway(t testing.TB, cfg GatewayConfig) *Gateway {
 	}
 	g.Caddyfile = filepath.Join(dir, "Caddyfile")
 	g.WriteConfig(cfg)
-	g.start(bin)
-	t.Cleanup(g.Stop)
 	return g
 }
 

@@ -87,13 +87,10 @@ func newRBEnv(t *testing.T) *rbEnv {
 	dir := t.TempDir()
 	e := &rbEnv{t: t, dir: dir, host: filepath.Join(dir, "srv"), legacy: NewUpstream(t, "legacy"), consol: NewUpstream(t, "consolidated")}
 	e.cfg = GatewayConfig{Template: RollbackTemplate, Legacy: e.legacy, Consolidated: e.consol, Dir: e.dir}
-	e.config = filepath.Join(e.dir, "Caddyfile")
 	// Write the config without a gateway, for offline tests; StartGateway
 	// rewrites it with the ports it picks.
-	g := &Gateway{t: t, Dir: e.dir, Admin: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), HTTP: fmt.Sprintf("127.0.0.1:%d", FreePort(t))}
-	g.Caddyfile = e.config
-	g.WriteConfig(e.cfg)
-	e.adminAt = g.Admin
+	g := prepareGateway(t, e.cfg)
+	e.config, e.adminAt = g.Caddyfile, g.Admin
 	writeFiles(t, e.host, map[string]string{
 		"app/main.py":          "print('v1')\n",
 		"app/core/orch.py":     "orchestrator v1\n",
