@@ -366,8 +366,7 @@ func (g *Gateway) start(bin string) {
 	g.logs, g.logsMu = new(bytes.Buffer), new(sync.Mutex)
 	cmd := exec.Command(bin, "run", "--config", g.Caddyfile, "--adapter", "caddyfile")
 	cmd.Dir = g.Dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(g.Dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(g.Dir, "config"))
-	cmd.Env = append(cmd.Env, g.Env...)
+	cmd.Env = append(processEnv(g.Dir), g.Env...)
 	w := &lockedWriter{mu: g.logsMu, w: g.logs}
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
@@ -549,7 +548,7 @@ func RunCLI(t testing.TB, dir string, args ...string) (string, string, int) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Binary(t), args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	cmd.Env = processEnv(dir)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -561,6 +560,12 @@ func RunCLI(t testing.TB, dir string, args ...string) (string, string, int) {
 		t.Fatalf("running switchback %v: %v", args, err)
 	}
 	return out.String(), errb.String(), code
+}
+
+// processEnv is the environment for a switchback process working in dir:
+// this one's, with Caddy's data and config directories under dir.
+func processEnv(dir string) []string {
+	return append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
 }
 
 // Eventually polls cond until it is true or the timeout passes.

@@ -91,7 +91,7 @@ func (c *crashEnv) reset() {
 func (c *crashEnv) rollbackCmd() (*exec.Cmd, *strings.Builder) {
 	cmd := exec.Command(Binary(c.t), "rollback", c.point, "--trigger", "crash-test", "--config", c.config)
 	cmd.Dir = c.dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(c.dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "config"))
+	cmd.Env = processEnv(c.dir)
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	return cmd, out
