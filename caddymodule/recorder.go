@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bufio"
-	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -101,6 +100,7 @@ func (r *recorder) Write(b []byte) (int, error) {
 }
 
 // FlushError implements the interface http.ResponseController looks for.
+// A held answer is not flushed: nothing of it may reach the client yet.
 func (r *recorder) FlushError() error {
 	if r.status == 0 {
 		r.WriteHeader(http.StatusOK)
@@ -108,31 +108,24 @@ func (r *recorder) FlushError() error {
 	if r.held {
 		return nil
 	}
-	switch f := r.w.(type) {
-	case interface{ FlushError() error }:
-		return f.FlushError()
-	case http.Flusher:
-		f.Flush()
-		return nil
-	}
-	return http.ErrNotSupported
+	return http.NewResponseController(r.w).Flush()
 }
 
 // Flush implements http.Flusher.
 func (r *recorder) Flush() { _ = r.FlushError() }
 
 // Hijack hands the connection to the arm (WebSocket and other upgrades).
+// The client's writer is usually one of Caddy's wrappers, which hijack
+// only through http.ResponseController, so that is how the call goes on.
 // A hijacked connection is never replayed.
 func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	r.passHeaders()
 	r.sent = true
 	if r.status == 0 {
 		r.status = http.StatusSwitchingProtocols
 		r.firstByte = time.Now()
 	}
-	if hj, ok := r.w.(http.Hijacker); ok {
-		return hj.Hijack()
-	}
-	return nil, nil, errors.Join(http.ErrNotSupported, errors.New("switchback: response writer cannot hijack"))
+	return http.NewResponseController(r.w).Hijack()
 }
 
 // Unwrap lets http.ResponseController reach the writer for what the
