@@ -61,6 +61,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		}
 //		replay_to_legacy on|off
 //		replay_max_body <size>
+//		replay_unsafe <matcher>
 //		probe legacy|consolidated [<method>] <path> [interval <duration>] [timeout <duration>]
 //		auto_recover {
 //			after <duration>
@@ -95,7 +96,7 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		sub := d.Val()
-		repeatable := sub == "on_trip" || sub == "on_recover"
+		repeatable := sub == "on_trip" || sub == "on_recover" || sub == "replay_unsafe"
 		if seen[sub] && !repeatable {
 			return d.Errf("duplicate subdirective '%s'", sub)
 		}
@@ -163,6 +164,10 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "replay_unsafe":
+			if err := h.unmarshalReplayUnsafe(hp.WithDispenser(d)); err != nil {
+				return err
+			}
 		case "probe":
 			if err := h.unmarshalProbe(d); err != nil {
 				return err
@@ -191,6 +196,33 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 	if h.ConsolidatedRaw == nil {
 		return d.Errf("switch %s has no consolidated arm: add consolidated { reverse_proxy ... }", h.Name)
 	}
+	return nil
+}
+
+// unmarshalReplayUnsafe parses "replay_unsafe <matcher>": a named matcher
+// (@name, defined in the site) or a path matcher (/api/orders*). Each line
+// adds a matcher set; a request that any of them matches is replayed.
+func (h *Handler) unmarshalReplayUnsafe(hp httpcaddyfile.Helper) error {
+	d := hp.Dispenser
+	if !d.NextArg() {
+		return d.Err("replay_unsafe needs a matcher: replay_unsafe @name or replay_unsafe /path")
+	}
+	tok := d.Val()
+	if tok == "*" {
+		return d.Errf("replay_unsafe '*' would replay every request twice; name the requests that are safe to repeat with a matcher")
+	}
+	d.Prev()
+	set, ok, err := hp.MatcherToken()
+	if err != nil {
+		return d.Errf("replay_unsafe '%s': %v", tok, err)
+	}
+	if !ok || set == nil {
+		return d.Errf("replay_unsafe '%s' is not a matcher: want @name or a path starting with /", tok)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	h.ReplayUnsafeRaw = append(h.ReplayUnsafeRaw, set)
 	return nil
 }
 

@@ -97,6 +97,11 @@ func TestParseErrors(t *testing.T) {
 		{"unknown rule", site("\t\ttrip {\n\t\t\tp99_vibes bad\n\t\t}\n"), 4, "unknown trip rule 'p99_vibes'"},
 		{"replay bad", site("\t\treplay_to_legacy maybe\n"), 3, "on or off"},
 		{"replay_max_body bad", site("\t\treplay_max_body lots\n"), 3, "replay_max_body"},
+		{"replay_unsafe no matcher", site("\t\treplay_unsafe\n"), 3, "replay_unsafe needs a matcher"},
+		{"replay_unsafe star", site("\t\treplay_unsafe *\n"), 3, "every request twice"},
+		{"replay_unsafe not a matcher", site("\t\treplay_unsafe orders\n"), 3, "is not a matcher"},
+		{"replay_unsafe unknown name", site("\t\treplay_unsafe @nope\n"), 3, "replay_unsafe '@nope'"},
+		{"replay_unsafe two args", site("\t\treplay_unsafe /a /b\n"), 3, "wrong argument count"},
 		{"probe arm", site("\t\tprobe sideways GET /health\n"), 3, "probe arm"},
 		{"on_trip unknown", site("\t\ton_trip email ops@example.com\n"), 3, "unknown action 'email'"},
 		{"on_trip webhook url", site("\t\ton_trip webhook ftp://x\n"), 3, "webhook"},
@@ -137,6 +142,9 @@ func FuzzParse(f *testing.F) {
 	f.Add("trip {\nerror_rate 5%\nlatency p99 250ms\n}\n")
 	f.Add("probe legacy GET /health interval 2s\non_trip exec echo hi\n")
 	f.Add("auto_recover {\nafter 60s\nprobe_weight 1%\n}\n")
+	f.Add("replay_unsafe @orders\nreplay_unsafe /api/orders*\n")
+	f.Add("replay_unsafe *\n")
+	f.Add("replay_unsafe\n")
 	f.Fuzz(func(t *testing.T, body string) {
 		src := "switchback main {\n" + body + "\n}\n"
 		d := caddyfile.NewTestDispenser(src)

@@ -525,10 +525,10 @@ func (h *Handler) replayDecision(class string, rec *recorder, err error, out out
 		return "", false
 	}
 	switch {
-	case rec.sent:
-		return skipResponseStarted, false
 	case class == "" && !neverReceived(err):
 		return skipUnsafeMethod, false
+	case rec.sent:
+		return skipResponseStarted, false
 	case body != nil && !body.replayable():
 		return skipBodyTooLarge, false
 	case class == "":

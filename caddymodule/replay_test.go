@@ -263,3 +263,26 @@ func TestArmHeaderEditStaysInArm(t *testing.T) {
 		t.Fatalf("legacy got X-Tenant %q (client's request now %q), want acme", got, r.Header.Get("X-Tenant"))
 	}
 }
+
+// TestReplayUnsafeMatcher: a POST that the operator's replay_unsafe
+// matcher names is replayed after a 5xx; one it does not name is not.
+func TestReplayUnsafeMatcher(t *testing.T) {
+	legacy := answer(200, "legacy")
+	h := testHandler(t, state.ModeConsolidated, 100, legacy, answer(500, "boom"))
+	h.replayUnsafe = caddyhttp.MatcherSets{{caddyhttp.MatchPath{"/carts/*"}}}
+	for path, want := range map[string]int{"/carts/7": 200, "/orders/7": 500} {
+		r := request("POST", "x")
+		r.URL.Path = path
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r, nil)
+		if w.Code != want {
+			t.Errorf("POST %s: %d, want %d", path, w.Code, want)
+		}
+	}
+	if n := h.sw.metrics.decision(replayUnsafeMatched, true).Get(); n != 1 {
+		t.Errorf("replay_unsafe replays = %d, want 1", n)
+	}
+	if n := h.sw.metrics.decision(skipUnsafeMethod, false).Get(); n != 1 {
+		t.Errorf("unsafe_method skips = %d, want 1", n)
+	}
+}
