@@ -405,7 +405,7 @@ var errLeaseHeld = errors.New("object store lease held")
 // lease takes the store's lease, shared or exclusive, waiting up to wait
 // (or until ctx ends). held, if not nil, is called once if it has to wait.
 func (s *objectStore) lease(ctx context.Context, exclusive bool, wait time.Duration, held func()) (*objectLease, error) {
-	f, err := os.OpenFile(filepath.Join(s.dir, leaseFile), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o640)
+	f, err := os.OpenFile(filepath.Join(s.dir, leaseFile), os.O_RDONLY|os.O_CREATE|unix.O_CLOEXEC, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("taking the object store lease: %w", err)
 	}
