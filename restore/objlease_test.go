@@ -10,6 +10,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/leanvibe/switchback/state"
+	"github.com/leanvibe/switchback/state/consul"
+	"github.com/leanvibe/switchback/state/consul/consultest"
+	"github.com/leanvibe/switchback/state/local"
 )
 
 // ageObjects makes every object of s look older than cleanup's grace.
@@ -229,23 +234,51 @@ func TestKilledCreateReleasesLease(t *testing.T) {
 	}
 }
 
-// TestCleanupIgnoresOtherHosts runs two hosts on one catalog, each with
-// its own backups: host B's create in progress does not hold up host A's
-// cleanup, and A neither removes B's points nor fails on their manifests,
-// which are on B's disk.
+// TestCleanupIgnoresOtherHosts runs two hosts on one catalog (a shared
+// bbolt file, and a real Consul agent), each with its own tree and
+// backups: host B's create in progress does not hold up host A's cleanup,
+// and A neither removes B's points nor fails on their manifests, which
+// are on B's disk.
 func TestCleanupIgnoresOtherHosts(t *testing.T) {
-	a := newEnv(t)
-	ctx := context.Background()
-	writeTree(t, a.dir, map[string]string{"data/a": "a"})
-	bdir := t.TempDir()
-	cfg := a.cfg
-	cfg.Backups, cfg.Logs = filepath.Join(bdir, "backups"), filepath.Join(bdir, "logs")
-	cfg.Types = map[string][]string{TypeData: {filepath.Join(bdir, "data")}}
-	cfg.Components = nil
-	mb, err := New(a.st, cfg, Options{Host: "host-b"})
+	t.Run("bbolt", func(t *testing.T) {
+		st, err := local.Open(filepath.Join(t.TempDir(), "state.db"), local.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		cleanupIgnoresOtherHosts(t, st)
+	})
+	t.Run("consul", func(t *testing.T) {
+		agent := consultest.Start(t)
+		st, err := consul.Open(consul.Config{Address: agent.Addr, Prefix: "switchback-test"}, consul.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		cleanupIgnoresOtherHosts(t, st)
+	})
+}
+
+// hostManager is a Manager for host on st, whose data points hold
+// dir/data and whose backups are in dir.
+func hostManager(t *testing.T, st state.Store, dir, host string) *Manager {
+	t.Helper()
+	m, err := New(st, Config{
+		Backups: filepath.Join(dir, "backups"),
+		Logs:    filepath.Join(dir, "logs"),
+		Types:   map[string][]string{TypeData: {filepath.Join(dir, "data")}},
+	}, Options{Host: host})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+func cleanupIgnoresOtherHosts(t *testing.T, st state.Store) {
+	ctx := context.Background()
+	adir, bdir := t.TempDir(), t.TempDir()
+	ma, mb := hostManager(t, st, adir, "host-a"), hostManager(t, st, bdir, "host-b")
+	writeTree(t, adir, map[string]string{"data/a": "a"})
 	writeTree(t, bdir, map[string]string{"data/b": "b"})
 	mb.opts.Now = func() time.Time { return time.Now().Add(-60 * 24 * time.Hour) }
 	pb := mustCreate(t, mb, CreateOptions{Type: TypeData})
@@ -264,16 +297,20 @@ func TestCleanupIgnoresOtherHosts(t *testing.T) {
 	<-atCatalog
 	defer func() { close(release); <-done }()
 
-	a.m.objects.leaseWait = 200 * time.Millisecond
-	mustCreate(t, a.m, CreateOptions{Type: TypeData})
-	rep, err := a.m.Cleanup(ctx, CleanupOptions{KeepCount: 1, KeepDays: 1})
+	ma.objects.leaseWait = 200 * time.Millisecond
+	ma.opts.Now = func() time.Time { return time.Now().Add(-60 * 24 * time.Hour) }
+	pa := mustCreate(t, ma, CreateOptions{Type: TypeData})
+	ma.opts.Now = time.Now
+	mustCreate(t, ma, CreateOptions{Type: TypeData})
+	ageObjects(t, ma.objects)
+	rep, err := ma.Cleanup(ctx, CleanupOptions{KeepCount: 1, KeepDays: 1})
 	if err != nil {
 		t.Fatalf("host A's cleanup: %v", err)
 	}
-	if len(rep.Removed) != 0 || rep.OtherHosts != 1 {
-		t.Errorf("host A's cleanup %+v: want nothing removed and 1 other host's point", rep)
+	if len(rep.Removed) != 1 || rep.Removed[0] != pa.ID || rep.OtherHosts != 1 {
+		t.Errorf("host A's cleanup %+v: want only %s removed, and 1 other host's point left", rep, pa.ID)
 	}
-	if _, err := a.m.GetPoint(ctx, pb.ID); err != nil {
+	if _, err := ma.GetPoint(ctx, pb.ID); err != nil {
 		t.Errorf("host B's point after host A's cleanup: %v", err)
 	}
 }
