@@ -1,6 +1,8 @@
 package restore
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"reflect"
 	"testing"
@@ -55,4 +57,9 @@ func requireRoot(t *testing.T) {
 		t.Fatal("this test needs root, and CI runs as root")
 	}
 	t.Skip("needs root (chown, trusted.* and security.* xattrs)")
+}
+
+func sha256sum(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

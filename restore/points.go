@@ -280,6 +280,9 @@ func (m *Manager) commitPoint(ctx context.Context, p *Point, manifest []byte) er
 // while they were read.
 func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point, objs *objectBatch) (RootManifest, string, []string, error) {
 	rm := RootManifest{Path: root, Scanned: fsNow()}
+	if m.fsClock != nil {
+		rm.Scanned = m.fsClock()
+	}
 	parentID, prev, parentScanned := m.parentEntries(root, all)
 
 	type job struct {
@@ -479,8 +482,8 @@ func (m *Manager) readFile(pfd int, rel, abs string, e *Entry, walked unix.Stat_
 		switch {
 		case errors.Is(err, unix.ENOENT):
 			return true, false, nil
-		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV):
-			return false, false, userErr(err, "cannot read %s: it or a directory above it was replaced by a symlink while the point was being made", abs)
+		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR):
+			return false, false, userErr(err, "cannot read %s: it or a directory above it was replaced by a symlink or a file while the point was being made", abs)
 		case err != nil:
 			return false, false, userErr(err, "cannot read %s: %v", abs, err)
 		}
@@ -503,6 +506,10 @@ func (m *Manager) readFile(pfd int, rel, abs string, e *Entry, walked unix.Stat_
 			}
 			want = pre
 			continue
+		}
+		if err := m.hook("opened " + abs); err != nil {
+			f.Close()
+			return false, false, userErr(err, "cannot read %s: %v", abs, err)
 		}
 		xs, xerr := listXattrsFd(fd)
 		d, n, err := objs.add(f)
