@@ -321,7 +321,7 @@ func TestCreateRefusesDirectorySwappedForSymlink(t *testing.T) {
 			os.Chmod(filepath.Join(outside, "secret.txt"), 0o600)
 			sub := filepath.Join(e.dir, "data", "sub")
 			e.m.testHook = func(point string) error {
-				if point == "open "+filepath.Join(sub, "secret.txt") {
+				if _, err := os.Lstat(sub + ".moved"); err != nil && point == "open "+filepath.Join(sub, "secret.txt") {
 					if err := os.Rename(sub, sub+".moved"); err != nil {
 						return err
 					}
