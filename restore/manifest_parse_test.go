@@ -207,7 +207,7 @@ func BenchmarkDecodeManifest(b *testing.B) {
 	b.Run("encoding/json", func(b *testing.B) {
 		b.SetBytes(int64(len(enc)))
 		for b.Loop() {
-			var m Manifest
+			var m wireManifest
 			dec := json.NewDecoder(bytes.NewReader(enc))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&m); err != nil {
