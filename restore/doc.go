@@ -25,20 +25,42 @@
 // is committed naming an object cleanup removed. The lease is per host
 // like the objects, and dies with its holder.
 //
-// backups/manifests/<point>.json is a point's manifest: for each root (a
-// configured file or directory, by absolute path) every entry below it,
-// parents before children, with path (relative, slash-separated), type
-// (file, dir, symlink), mode, mtime in nanoseconds, size, digest, link
-// target and inode. Empty directories are recorded; symlinks are recorded
-// as links and never followed. The manifest's SHA-256 is the
+// backups/manifests/<point>.json is a point's manifest (version 2; version
+// 1 is still read): for each root (a configured file or directory, by
+// absolute path) the filesystem clock when its scan began, then every
+// entry below it, parents before children, with path (relative,
+// slash-separated), type (file, dir, symlink, fifo), mode, uid, gid,
+// mtime and ctime in nanoseconds, size, digest, link target, inode,
+// hard-link group and extended attributes. Names, link targets and xattr
+// names are bytes: where they are not UTF-8 the JSON holds them in base64
+// (path_b64, target_b64, name_b64), so nothing is mangled and no two names
+// collide; xattr values are always base64. Empty directories are
+// recorded; symlinks are recorded as links and never followed; sockets and
+// devices are skipped with a warning. The manifest's SHA-256 is the
 // manifest_digest of the point's catalog record (points/<id> in the state
 // store), which is written last: a create that fails leaves no catalog
 // entry and no manifest, only complete, unreferenced objects that Cleanup
 // collects.
 //
-// A new point reuses the digest of every file whose size, mtime and inode
-// match the newest point of the same root, so a point of an unchanged tree
-// costs one lstat per entry.
+// A create walks each root by directory handles (fstatat, then openat
+// with O_NOFOLLOW relative to the directory's handle, its identity checked),
+// so no path is resolved twice and paths longer than PATH_MAX work. Files
+// are read through a handle opened below the root's parent with openat2
+// RESOLVE_NO_SYMLINKS (or one O_NOFOLLOW openat per component) and
+// O_NONBLOCK, so neither a directory swapped for a symlink nor a file
+// swapped for a FIFO after the walk can fool or hang it; the handle is
+// fstat'ed and must be the walked file (device, inode, type). After the
+// read it is fstat'ed again: a read the file changed under (size, mtime,
+// ctime) is retried, and after three the point keeps the last read,
+// marked changed (Point.ChangedCount), with a warning.
+//
+// A new point reuses the digest (and xattrs) of every entry whose size,
+// mtime, ctime and inode match the newest point of this host for the same
+// root, and whose mtime and ctime are older than that point's scan start
+// (git's racy-timestamp rule: a change in the same clock tick after the
+// read would keep both). So a point of an unchanged tree costs one stat
+// per entry, and an edit that keeps size and mtime (cp -p, touch -r) is
+// hashed again, since it moves ctime.
 //
 // Manifests are read by parseManifest, a strict parser of exactly this
 // format that decodes what encoding/json would (it is fuzzed against it)
@@ -71,11 +93,19 @@
 //  4. pre_restore hook.
 //  5. stage: for each root that differs, a staging tree is built next to
 //     it, ".<name>.switchback-stage-<op>", on the same filesystem, through
-//     an os.Root on the parent directory. A file whose content, mode and
-//     mtime already match the live file (per the pre-rollback point, and
-//     re-checked by inode, size and mtime) is hard-linked from the live
-//     tree; only differing content is copied from objects. Directory modes
-//     and mtimes are set once they are filled.
+//     an os.Root on the parent directory. A file whose content, owner,
+//     mode, xattrs and mtime already match the live file (per the
+//     pre-rollback point, whose digests are proven: hashed, or reused under
+//     the rule above) is hard-linked from the live tree after a re-check by
+//     inode, size, mtime and ctime; the link made is checked again (inode,
+//     size, mtime) and replaced by a copy if the name was swapped in
+//     between. Only differing content is copied from objects. Copies get
+//     their owner (as root), then xattrs, then mode (chown clears setuid
+//     and file capabilities); as another user, a setuid or setgid bit is
+//     not set where the owner cannot be, and the record's warnings say so.
+//     Further names of a hard-link group are linked to the first; FIFOs are
+//     made with mkfifoat. Directory owners, xattrs, modes and mtimes are set
+//     once they are filled.
 //     Files are staged directory by directory, through a handle on the
 //     stage directory and one on the live directory (used only if its
 //     inode is the one the pre-rollback point recorded), so each link or
@@ -89,7 +119,9 @@
 //     into place. Then the old trees are removed.
 //  8. post_restore hook.
 //  9. validate: the restored roots are compared with the point (types,
-//     modes, sizes, mtimes, link targets) and the validate URLs queried.
+//     modes, owners, xattrs, sizes, mtimes, link targets, hard-link groups)
+//     and the validate URLs queried. ValidateSystem at level standard also
+//     re-hashes every file.
 //
 // A restore costs in proportion to what changed, pre-checks included: only
 // objects that will be read are re-hashed. An object is read only for a
@@ -97,8 +129,9 @@
 // live tree. A file whose metadata matches is linked from the live tree
 // when the pre-rollback point, taken under the lock, gives it the
 // point's digest; that digest was either hashed just now or reused from
-// an earlier point for the same inode, size and mtime, the same trust
-// every point creation places in unchanged files. Its object is not
+// an earlier point for the same inode, size, mtime and ctime outside the
+// racy tick, the same trust every point creation places in unchanged
+// files. Its object is not
 // read, so a rotten copy of it does not stop this restore (it only checks
 // that the object is present and of the right size); point verify finds
 // it. Should staging copy an object the pre-checks did not hash (a file

@@ -94,6 +94,9 @@ type Operation struct {
 	Duration         Duration   `json:"duration,omitempty"`
 	Steps            []Step     `json:"steps_completed"`
 	Errors           []string   `json:"errors,omitempty"`
+	// Warnings say what went through but not as recorded: for a restore,
+	// owners, setuid bits and xattrs this process could not give back.
+	Warnings []string `json:"warnings,omitempty"`
 	// Plan is what a restore changes (or, for a dry run, would change).
 	Plan *Plan `json:"plan,omitempty"`
 	// Journal is the swap journal of a restore; see doc.go.

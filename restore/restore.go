@@ -108,6 +108,9 @@ type Manager struct {
 	// newWriter, if set, wraps file writes while staging (tests inject a
 	// failing writer to simulate a full disk).
 	newWriter func(w io.Writer) io.Writer
+	// fsClock, if set, replaces fsNow as the scan start of new points
+	// (tests make every timestamp racy with it).
+	fsClock func() int64
 }
 
 // New returns a Manager on st with cfg, whose relative paths are made
