@@ -35,6 +35,9 @@ type Point struct {
 	Tags           []string        `json:"tags,omitempty"`
 	Trigger        string          `json:"trigger,omitempty"`
 	Host           string          `json:"host,omitempty"`
+	// HostID is the id of the host that created the point, whose disk
+	// holds its objects (see Options.HostIDFile).
+	HostID string `json:"host_id,omitempty"`
 	// Parent is the point whose digests were reused, if any.
 	Parent string `json:"parent,omitempty"`
 	// Auto is "pre-rollback" for the automatic point a restore makes.
@@ -183,7 +186,7 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 		Type: spec.typ, Components: spec.components, Roots: spec.roots,
 		Created: m.now(), Size: size, Files: files, ManifestDigest: digest,
 		Metadata: spec.metadata, Tags: spec.tags, Trigger: spec.trigger,
-		Host: m.opts.Host, Auto: spec.auto, Op: opID,
+		Host: m.opts.Host, HostID: m.hostID, Auto: spec.auto, Op: opID,
 	}
 	for par := range parents {
 		p.Parent = par // one root's parent; informational

@@ -68,7 +68,7 @@ func (m *Manager) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupRepo
 
 func (m *Manager) cleanup(ctx context.Context, op *Operation, opts CleanupOptions, rep *CleanupReport) error {
 	if !opts.DryRun {
-		lock, err := m.lockStep(ctx, op)
+		lock, err := m.lockStep(ctx, op, 0)
 		if err != nil {
 			return err
 		}
