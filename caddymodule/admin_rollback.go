@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/leanvibe/switchback/restore"
 	"github.com/leanvibe/switchback/state"
@@ -20,7 +23,7 @@ import (
 //	GET  points/{id}                    one point
 //	POST points/{id}/verify             re-hash a point's objects: {"repair"}
 //	POST points/verify                  verify every point: {"repair"}
-//	POST points/{id}/rollback           restore: {"trigger","reason","force","dry_run","only"}
+//	POST points/{id}/rollback           restore: {"trigger","reason","force","dry_run","only","wait"}
 //	POST emergency                      {"reason"}
 //	POST cleanup                        {"keep_count","keep_days","dry_run"}
 //	POST validate                       {"level"}
@@ -201,10 +204,13 @@ type RollbackRequest struct {
 	Force   bool     `json:"force,omitempty"`
 	DryRun  bool     `json:"dry_run,omitempty"`
 	Only    []string `json:"only,omitempty"`
+	// Wait is how long to wait for the restore lock while another
+	// restore holds it (default: fail at once).
+	Wait caddy.Duration `json:"wait,omitempty"`
 }
 
 func (r RollbackRequest) options() restore.RollbackOptions {
-	return restore.RollbackOptions{Trigger: r.Trigger, Reason: r.Reason, Force: r.Force, DryRun: r.DryRun, Only: r.Only}
+	return restore.RollbackOptions{Trigger: r.Trigger, Reason: r.Reason, Force: r.Force, DryRun: r.DryRun, Only: r.Only, LockWait: time.Duration(r.Wait)}
 }
 
 // emergency runs an emergency rollback with this gateway's switches as

@@ -43,6 +43,12 @@ type App struct {
 	// name).
 	Gateway string `json:"gateway,omitempty"`
 
+	// LockWait is how long an automatic restore (on_trip restore) waits
+	// for the fleet's restore lock while another gateway restores, so the
+	// fleet restores one host at a time (default 10m). A manual rollback
+	// waits only when asked to (--wait).
+	LockWait caddy.Duration `json:"lock_wait,omitempty"`
+
 	// Backups is the directory that holds rollback points: objects and
 	// manifests (default: switchback/backups under Caddy's data directory).
 	Backups string `json:"backups,omitempty"`

@@ -447,6 +447,7 @@ func unmarshalAction(d *caddyfile.Dispenser) (Action, error) {
 //			}
 //		}
 //		gateway <name>
+//		lock_wait <duration>
 //		backups <dir>
 //		logs <dir>
 //		points {
@@ -506,6 +507,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "lock_wait":
+			dur, err := oneDuration(d, opt)
+			if err != nil {
+				return err
+			}
+			a.LockWait = caddy.Duration(dur)
 		case "backups", "logs":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -669,7 +669,7 @@ func pointCommand(cmd *cobra.Command) {
 }
 
 func printPoints(w io.Writer, pts []restore.Point) {
-	fmt.Fprintln(w, "ID\tTYPE\tCREATED\tSIZE\tFILES\tTAGS\tVERIFIED\tMETADATA")
+	fmt.Fprintln(w, "ID\tTYPE\tHOST\tCREATED\tSIZE\tFILES\tTAGS\tVERIFIED\tMETADATA")
 	for _, p := range pts {
 		verified := "never"
 		if p.LastVerified != nil {
@@ -685,7 +685,7 @@ func printPoints(w io.Writer, pts []restore.Point) {
 		if p.Auto != "" {
 			typ += " [" + p.Auto + "]"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, typ, p.Created.Local().Format(time.DateTime), humanBytes(p.Size), p.Files,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, typ, p.Host, p.Created.Local().Format(time.DateTime), humanBytes(p.Size), p.Files,
 			strings.Join(p.Tags, ","), verified, string(p.Metadata))
 	}
 }
@@ -739,6 +739,7 @@ func rollbackCommand(cmd *cobra.Command) {
 	f.BoolVar(&req.Force, "force", false, "skip the pre-checks (integrity, disk space); nothing else")
 	f.BoolVar(&req.DryRun, "dry-run", false, "list what would be added, removed and modified")
 	f.StringSliceVar(&req.Only, "only", nil, "restore only this path of the point (repeatable)")
+	f.DurationVar((*time.Duration)(&req.Wait), "wait", 0, "wait up to this long for the restore lock while another host restores (default: fail at once, exit 3)")
 	usageErrors(cmd)
 }
 
@@ -817,9 +818,9 @@ func opsCommand(cmd *cobra.Command) {
 			return err
 		}
 		c.print(nonNil(ops), func(w io.Writer) {
-			fmt.Fprintln(w, "ID\tKIND\tTRIGGER\tSTATUS\tPOINT\tSTARTED\tDURATION")
+			fmt.Fprintln(w, "ID\tKIND\tTRIGGER\tSTATUS\tHOST\tPOINT\tSTARTED\tDURATION")
 			for _, op := range ops {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", op.ID, op.Kind, op.Trigger, op.Status, op.Point,
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", op.ID, op.Kind, op.Trigger, op.Status, op.Host, op.Point,
 					op.Started.Local().Format(time.DateTime), time.Duration(op.Duration).Round(time.Millisecond))
 			}
 		})

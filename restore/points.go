@@ -38,6 +38,9 @@ type Point struct {
 	Tags           []string        `json:"tags,omitempty"`
 	Trigger        string          `json:"trigger,omitempty"`
 	Host           string          `json:"host,omitempty"`
+	// HostID is the id of the host that created the point, whose disk
+	// holds its objects (see Options.HostIDFile).
+	HostID string `json:"host_id,omitempty"`
 	// Parent is the point whose digests were reused, if any.
 	Parent string `json:"parent,omitempty"`
 	// Auto is "pre-rollback" for the automatic point a restore makes.
@@ -203,7 +206,7 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 		Type: spec.typ, Components: spec.components, Roots: spec.roots,
 		Created: m.now(), Size: size, Files: files, ManifestDigest: digest,
 		Metadata: spec.metadata, Tags: spec.tags, Trigger: spec.trigger,
-		Host: m.opts.Host, Auto: spec.auto, Op: opID,
+		Host: m.opts.Host, HostID: m.hostID, Auto: spec.auto, Op: opID,
 		ChangedCount: len(changed), Changed: truncate(changed, maxChangedListed),
 	}
 	for par := range parents {

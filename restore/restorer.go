@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
@@ -30,7 +31,8 @@ type RollbackOptions struct {
 	// Reason is a free-text explanation kept in the record.
 	Reason string
 	// Force skips the pre-checks (manifest digest, object integrity, disk
-	// space) and nothing else.
+	// space), and lets the restore go on when the automatic pre-rollback
+	// point cannot be made.
 	Force bool
 	// DryRun runs the pre-checks and returns the plan without changing
 	// anything.
@@ -39,6 +41,10 @@ type RollbackOptions struct {
 	// the working directory), each a root of the point or below one. The
 	// rest of each root is kept as it is live.
 	Only []string
+	// LockWait is how long to wait for the restore lock while another
+	// restore holds it (zero: fail at once with ErrRestoreInProgress).
+	// Automatic restores wait, so a fleet restores one host at a time.
+	LockWait time.Duration
 }
 
 // Plan is what a restore changes, by absolute path. Directories whose only
@@ -136,6 +142,9 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 	)
 	// Step 1: pre-checks.
 	err := m.step(ctx, op, "pre_checks", func(s *Step) error {
+		if !m.ownPoint(p) {
+			return foreignPointErr(p)
+		}
 		var err error
 		mf, err = m.loadManifest(p, opts.Force)
 		if err != nil {
@@ -167,32 +176,113 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 		return err
 	}
 
-	// Step 2: the lock.
-	lock, err := m.lockStep(ctx, op)
+	// Step 2: the lock, then this host's unfinished restores.
+	lock, err := m.lockStep(ctx, op, opts.LockWait)
 	if err != nil {
 		return err
 	}
-	defer lock.Unlock()
-	return m.restoreLocked(ctx, op, p, targets, lock.Lost())
+	defer m.unlock(op, lock)
+	return m.restoreLocked(ctx, op, p, opts, targets, lock.Lost())
 }
 
-// lockStep takes the restore lock as a step of op.
-func (m *Manager) lockStep(ctx context.Context, op *Operation) (state.Lock, error) {
+// lockPoll bounds the pause between two tries for a held lock.
+const lockPoll = 2 * time.Second
+
+// lockStep takes the restore lock as a step of op, waiting up to wait
+// while another holder has it. Holding it, it recovers this host's
+// unfinished restores first (a stale journal must never be finished
+// over this restore's result later), and refuses if one remains.
+func (m *Manager) lockStep(ctx context.Context, op *Operation, wait time.Duration) (state.Lock, error) {
 	var lock state.Lock
 	err := m.step(ctx, op, "lock", func(s *Step) error {
 		h, _ := json.Marshal(holder{Host: m.opts.Host, Op: op.ID, PID: m.pid})
-		var err error
-		lock, err = m.st.Lock(ctx, state.RestoreLock, h)
-		if err != nil {
-			return lockHeldErr(passCanceled(ctx, err))
+		t0 := time.Now()
+		deadline := t0.Add(wait)
+		pause := 100 * time.Millisecond
+		for {
+			var err error
+			lock, err = m.st.Lock(ctx, state.RestoreLock, h)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, state.ErrLockHeld) || wait <= 0 || !time.Now().Add(pause).Before(deadline) {
+				if wait > 0 && errors.Is(err, state.ErrLockHeld) {
+					return fmt.Errorf("waited %s for the lock: %w", wait, lockHeldErr(err))
+				}
+				return lockHeldErr(passCanceled(ctx, err))
+			}
+			if pause == 100*time.Millisecond {
+				m.log.Info("restore lock held; waiting", "op", op.ID, "holder", string(lockHolder(err)), "wait", wait)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause + time.Duration(rand.Int64N(int64(pause)))):
+			}
+			pause = min(pause*2, lockPoll)
+		}
+		waited := time.Since(t0)
+		op.Lock = &LockSpan{Acquired: m.now(), Waited: Duration(waited)}
+		if waited > time.Second {
+			s.Detail = fmt.Sprintf("waited %s", waited.Round(time.Millisecond))
+		}
+		rec, rerr := m.recoverLocked(ctx)
+		for _, r := range rec {
+			s.Detail = strings.TrimPrefix(s.Detail+fmt.Sprintf("; first finished this host's interrupted %s: %s", r.ID, r.Status), "; ")
+		}
+		if rerr != nil {
+			// The failed operation is marked failed and never finished
+			// later, so it cannot undo this restore; say so loudly.
+			op.Errors = append(op.Errors, "recovering this host's interrupted restores: "+rerr.Error())
+			m.warn(fmt.Errorf("op %s: recovering this host's interrupted restores first: %w", op.ID, rerr))
+		}
+		if err := m.checkNoUnfinished(ctx, op); err != nil {
+			m.unlock(op, lock)
+			return err
 		}
 		return nil
 	})
 	return lock, err
 }
 
+// checkNoUnfinished refuses while this host has a dead restore that
+// recovery could not finish.
+func (m *Manager) checkNoUnfinished(ctx context.Context, op *Operation) error {
+	ops, err := m.ListOperations(ctx, 0)
+	if err != nil {
+		return err
+	}
+	for _, o := range ops {
+		if o.ID == op.ID || !m.ownOp(o) || o.Kind != KindRollback && o.Kind != KindEmergency {
+			continue
+		}
+		if o.Status == StatusRunning && !m.opAlive(o) {
+			return userErr(ErrUnfinished, "restore %s of this host is unfinished and could not be recovered (%s); fix it first, see switchback ops show %s", o.ID, strings.Join(o.Errors, "; "), o.ID)
+		}
+	}
+	return nil
+}
+
+// unlock records when op let the lock go, then lets it go.
+func (m *Manager) unlock(op *Operation, lock state.Lock) {
+	if op.Lock != nil && op.Lock.Released == nil {
+		now := m.now()
+		op.Lock.Released = &now
+	}
+	lock.Unlock()
+}
+
+// lockHolder returns the holder a lock error names.
+func lockHolder(err error) []byte {
+	var lh *state.LockHeldError
+	if errors.As(err, &lh) {
+		return lh.Holder
+	}
+	return nil
+}
+
 // restoreLocked runs steps 3 to 9 under the restore lock.
-func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, targets []target, lost <-chan struct{}) error {
+func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opts RollbackOptions, targets []target, lost <-chan struct{}) error {
 	check := func() error {
 		select {
 		case <-lost:
@@ -233,7 +323,23 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 		return err
 	}
 
-	// Step 3: the automatic point of the current state.
+	// Step 3: the pre_restore hook, first, so an application that is
+	// still writing is stopped before its files are read. The journal
+	// says it ran (saved with the step), so recovery starts the
+	// application again.
+	if err := check(); err != nil {
+		return abort(err)
+	}
+	j.PreHookRan = m.cfg.Hooks.PreRestore != ""
+	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
+		j.PreHookRan = false
+		return abort(err)
+	}
+	preHookRan = j.PreHookRan
+
+	// Step 4: the automatic point of the current state. An emergency
+	// never stops for it: it records the failure loudly and restores. A
+	// plain rollback refuses, unless forced.
 	roots := make([]string, len(targets))
 	for i, t := range targets {
 		roots[i] = t.root
@@ -253,22 +359,23 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 		return err
 	})
 	if err != nil {
-		return err
+		if check() != nil || op.Kind != KindEmergency && !opts.Force {
+			if op.Kind != KindEmergency {
+				err = fmt.Errorf("%w (--force restores without the pre-rollback point)", err)
+			}
+			return abort(err)
+		}
+		msg := fmt.Sprintf("restoring WITHOUT a pre-rollback point: the state before this restore is not saved: %v", err)
+		op.Errors = append(op.Errors, msg)
+		m.warn(fmt.Errorf("op %s: %s", op.ID, msg))
+		m.log.Error("pre-rollback point failed; restoring anyway", "op", op.ID, "kind", op.Kind, "force", opts.Force, "error", err)
+		pre, preMf = Point{}, &Manifest{}
+		op.PreRollbackPoint = ""
 	}
 	live := map[string]RootManifest{}
 	for _, r := range preMf.Roots {
 		live[r.Path] = r
 	}
-
-	// Step 4: the pre_restore hook.
-	if err := check(); err != nil {
-		return abort(err)
-	}
-	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
-		return abort(err)
-	}
-	preHookRan = m.cfg.Hooks.PreRestore != ""
-	j.PreHookRan = preHookRan
 
 	// Step 5: staging trees. The journal names them first, so a crash
 	// while staging leaves names recovery can clean up.
@@ -370,9 +477,17 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 	})
 	if err != nil {
 		// Put back what was swapped: the live paths must be all old or
-		// all new, and we could not finish.
+		// all new, and we could not finish. The reverting phase must be
+		// durable before the first undo: a crash in the undo must go on
+		// backwards, not forward over half-removed stages.
 		j.Phase = PhaseReverting
-		m.saveOpWarn(ctx, op)
+		if serr := m.saveOpRetry(ctx, op); serr != nil {
+			// The journal still says swapping: leave the roots for
+			// recovery, which finishes them all forward (or all back).
+			j.Phase = PhaseSwapping
+			m.abandon(op)
+			return fmt.Errorf("%w; could not record the revert (%v): left for recovery, which the next restore or gateway start runs", err, serr)
+		}
 		return abort(err)
 	}
 	j.Phase = PhaseSwapped
@@ -1216,6 +1331,8 @@ func rollBackRoot(jr JournalRoot) error {
 				}
 				defer os.RemoveAll(trash)
 			}
+		} else if jr.LiveIno != 0 {
+			return fmt.Errorf("cannot put back %s: its old tree is gone; the restored tree stays", jr.Path)
 		} else {
 			// The path did not exist before.
 			dest := jr.Stage

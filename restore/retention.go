@@ -72,7 +72,7 @@ func (m *Manager) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupRepo
 
 func (m *Manager) cleanup(ctx context.Context, op *Operation, opts CleanupOptions, rep *CleanupReport) error {
 	if !opts.DryRun {
-		lock, err := m.lockStep(ctx, op)
+		lock, err := m.lockStep(ctx, op, 0)
 		if err != nil {
 			return err
 		}
@@ -148,18 +148,6 @@ func (m *Manager) objectLease(ctx context.Context, exclusive bool) (*objectLease
 		return nil, userErr(err, "cleanup is still collecting objects on this host after %v (%s is held)", m.objects.leaseWait, filepath.Join(m.objects.dir, leaseFile))
 	}
 	return l, passCanceled(ctx, err)
-}
-
-// ownPoint reports whether p's objects are this host's: its manifest is
-// here, or its record names this host (or no host, as older records do).
-// A hostname change therefore never makes a point of this host look like
-// another's.
-func (m *Manager) ownPoint(p Point) bool {
-	if p.Host == "" || p.Host == m.opts.Host {
-		return true
-	}
-	_, err := os.Lstat(m.manifestPath(p.ID))
-	return err == nil
 }
 
 // retain decides which points to keep. pts is newest first.
