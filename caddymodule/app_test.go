@@ -47,6 +47,7 @@ func TestCookieSecretAfterOutage(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := &App{store: flaky, logger: zap.NewNop(), rt: new(appRuntime), registry: map[string]*Switch{}, ctx: caddy.Context{Context: ctx}}
+	a.rt.committed.Store(true) // a running config
 	secret, err := a.cookieSecret(ctx)
 	if err != nil {
 		t.Fatalf("cookieSecret with the store down: %v", err)

@@ -90,6 +90,7 @@ type Handler struct {
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
 	sw           *Switch
+	win          *windows // this config's windows, the switch's from commit
 	monitor      *health.Monitor
 	probe        *health.Probe
 	signer       *atomic.Pointer[cookieSigner] // swapped when a process-only key gives way to the fleet's
@@ -239,32 +240,53 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	rules := h.rules()
-	sw, err := h.app.register(ctx, h)
+	sw, err := h.app.register(h)
 	if err != nil {
 		return err
 	}
 	h.sw = sw
-	win := sw.ensureWindows(rules.buckets, rules.Window/time.Duration(rules.buckets))
-	h.monitor = health.NewMonitor(health.MonitorOptions{
-		Rules:        rules.Rules,
-		Consolidated: win.consolidated,
-		Legacy:       win.legacy,
-		OnTrip:       h.tripped,
-	})
-	if h.Trip == nil || !h.Trip.Off {
-		go h.monitor.Run(ctx)
-		go h.legacyWatchLoop(ctx)
-	}
-	if h.Probe != nil {
-		h.startProbe(ctx)
-	}
-	if err := h.app.configure(ctx, sw, h); err != nil {
+	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
-	if h.AutoRecover != nil {
-		go h.autoRecoverLoop(ctx)
-	}
+	// The windows and monitor are this config's own until commit: a
+	// config that changes the window gets new ones, published then.
+	h.win = sw.windowsFor(rules.buckets, rules.Window/time.Duration(rules.buckets))
+	h.monitor = health.NewMonitor(health.MonitorOptions{
+		Rules:        rules.Rules,
+		Consolidated: h.win.consolidated,
+		Legacy:       h.win.legacy,
+		OnTrip:       h.tripped,
+	})
 	return nil
+}
+
+// commit makes this handler's config the one in force on its switch,
+// once Caddy has committed the config (App.commit): it publishes the
+// windows, takes over the switch (its monitor, rules and actions), settles
+// the switch's state with the store and starts the goroutines that watch
+// it. Until then the handler may already serve, since Caddy starts a
+// config's servers before it commits, but it changes nothing shared. The
+// old config's Cleanup, which comes later, finds the switch taken and
+// leaves it be.
+func (h *Handler) commit() {
+	sw := h.sw
+	if sw.win.Load() != h.win {
+		sw.win.Store(h.win)
+	}
+	sw.handler.Store(h)
+	if h.Trip == nil || !h.Trip.Off {
+		go h.monitor.Run(h.ctx)
+		go h.legacyWatchLoop(h.ctx)
+	}
+	if h.Probe != nil {
+		h.startProbe(h.ctx)
+	}
+	if err := h.app.configure(h.ctx, sw, h); err != nil {
+		h.logger.Error("config not applied to the switch's stored state; serving on its last known state", zap.Error(err))
+	}
+	if h.AutoRecover != nil {
+		go h.autoRecoverLoop(h.ctx)
+	}
 }
 
 // directArm returns the single handler of an arm that is a subroute of one
