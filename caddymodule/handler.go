@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,7 +63,8 @@ type Handler struct {
 
 	// Trip holds the rules that move the switch to legacy. Nil means the
 	// defaults (error_rate 5%, consecutive_failures 10, window 10s,
-	// min_requests 20); set Off to watch without tripping.
+	// min_requests 20); each rule given replaces only its own default.
+	// Set Off to watch without tripping.
 	Trip *Trip `json:"trip,omitempty"`
 
 	// ReplayToLegacy replays on legacy a request that failed on
@@ -121,23 +123,31 @@ type Sticky struct {
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
-// Trip holds trip rules.
+// Trip holds trip rules. Each rule given replaces its own default only:
+// error_rate (default 5%) and consecutive_failures (default 10) stay on
+// unless named in RulesOff, and latency is off unless given. (Before,
+// giving any rule dropped the defaults of the others.)
 type Trip struct {
 	// Off disables tripping; the windows are still watched and reported.
 	Off bool `json:"off,omitempty"`
 
 	// ErrorRate trips when failures/requests over the window exceeds it,
-	// as a fraction (0.05 is 5%). 0 disables the rule.
+	// as a fraction (0.05 is 5%). 0 means the default, 5%.
 	ErrorRate float64 `json:"error_rate,omitempty"`
 
 	// LatencyQuantile and Latency trip when that quantile of time to first
-	// byte over the window exceeds Latency (e.g. 0.99 and 250ms).
+	// byte over the window exceeds Latency (e.g. 0.99 and 250ms). Unset,
+	// the latency rule is off.
 	LatencyQuantile float64        `json:"latency_quantile,omitempty"`
 	Latency         caddy.Duration `json:"latency,omitempty"`
 
 	// ConsecutiveFailures trips after that many failures in a row, for low
-	// traffic. 0 disables the rule.
+	// traffic. 0 means the default, 10.
 	ConsecutiveFailures int `json:"consecutive_failures,omitempty"`
+
+	// RulesOff turns rules off by name: "error_rate", "latency" or
+	// "consecutive_failures". A rule named here must not also be given.
+	RulesOff []string `json:"rules_off,omitempty"`
 
 	// Window is the sliding window's span (default 10s), cut into Buckets
 	// buckets (default 10).
@@ -147,6 +157,40 @@ type Trip struct {
 	// MinRequests is how many requests the window must hold before the
 	// rate and latency rules may fire (default 20).
 	MinRequests int `json:"min_requests,omitempty"`
+}
+
+// tripRules are the names of the rules a Trip can turn off.
+var tripRules = []string{health.RuleErrorRate, health.RuleLatency, health.RuleConsecutiveFailures}
+
+// off says whether the named rule is turned off.
+func (t *Trip) off(rule string) bool { return t != nil && slices.Contains(t.RulesOff, rule) }
+
+// check reports a rule both given and turned off, an unknown rule name,
+// and every rule being off (which is what "trip off" says).
+func (t *Trip) check() error {
+	if t == nil || t.Off {
+		return nil
+	}
+	given := map[string]bool{
+		health.RuleErrorRate:           t.ErrorRate != 0,
+		health.RuleLatency:             t.LatencyQuantile != 0 || t.Latency != 0,
+		health.RuleConsecutiveFailures: t.ConsecutiveFailures != 0,
+	}
+	for i, r := range t.RulesOff {
+		if !slices.Contains(tripRules, r) {
+			return fmt.Errorf("rules_off: unknown rule %q: want %s", r, strings.Join(tripRules, ", "))
+		}
+		if slices.Contains(t.RulesOff[:i], r) {
+			return fmt.Errorf("rules_off: %s is named twice", r)
+		}
+		if given[r] {
+			return fmt.Errorf("%s is both set and turned off", r)
+		}
+	}
+	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] {
+		return fmt.Errorf("every rule is off: write 'trip off' (\"off\": true) to watch without tripping")
+	}
+	return nil
 }
 
 // Probe is an active health check of one arm, sent through that arm's own
@@ -335,6 +379,9 @@ func (h *Handler) checkConfig() error {
 	if h.ReplayMaxBody < 0 {
 		return fmt.Errorf("switch %s: replay_max_body %d must not be negative", h.Name, h.ReplayMaxBody)
 	}
+	if err := h.Trip.check(); err != nil {
+		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
 	}
@@ -427,12 +474,22 @@ func (h *Handler) rules() compiledRules {
 	if t == nil {
 		return r
 	}
-	if t.ErrorRate != 0 || t.LatencyQuantile != 0 || t.ConsecutiveFailures != 0 {
-		// Rules given: only those given apply.
+	// Each rule given replaces its own default; RulesOff turns one off.
+	if t.ErrorRate != 0 {
 		r.ErrorRate = t.ErrorRate
+	}
+	if t.ConsecutiveFailures != 0 {
 		r.ConsecutiveFailures = uint64(max(t.ConsecutiveFailures, 0))
-		r.LatencyQuantile = t.LatencyQuantile
-		r.LatencyLimit = time.Duration(t.Latency)
+	}
+	r.LatencyQuantile, r.LatencyLimit = t.LatencyQuantile, time.Duration(t.Latency)
+	if t.off(health.RuleErrorRate) {
+		r.ErrorRate = 0
+	}
+	if t.off(health.RuleLatency) {
+		r.LatencyQuantile, r.LatencyLimit = 0, 0
+	}
+	if t.off(health.RuleConsecutiveFailures) {
+		r.ConsecutiveFailures = 0
 	}
 	if t.Window != 0 {
 		r.Window = time.Duration(t.Window)
