@@ -565,27 +565,48 @@ func (a *App) storeStatus() StoreStatus {
 
 // cookieSecret returns the key that signs sticky cookies. It lives in the
 // store, so all gateways of a fleet share it and a restart keeps users on
-// their arm. If the store is down at first use, a random key serves this
-// process and cookies are re-issued later.
+// their arm. If the store is down at first use, the key this process used
+// with that store before (the config before a reload) serves on; failing
+// that, a random key serves this process and cookies are signed again
+// with the fleet's once the store returns (refreshSecret).
 func (a *App) cookieSecret(ctx context.Context) ([]byte, error) {
 	a.rt.secretOnce.Do(func() {
 		secret, err := a.loadSecret(ctx)
 		switch {
 		case err == nil:
 			a.rt.secret = secret
+			cookieKeys.Store(a.store.Describe(), cookieKey{secret: secret})
 		case errors.Is(err, state.ErrUnavailable):
+			a.storeFailed(err)
+			if k, ok := cookieKeys.Load(a.store.Describe()); ok {
+				// A reload during an outage: keep the key in use, so no
+				// user is moved.
+				a.rt.secret = k.(cookieKey).secret
+				a.rt.secretEphemeral.Store(k.(cookieKey).ephemeral)
+				a.logger.Warn("state store unavailable: signing sticky cookies with the key already in use")
+				return
+			}
 			// Sign with a key of this process's own; once the store is
 			// back, refreshSecret takes the fleet's key.
 			a.logger.Warn("state store unavailable: signing sticky cookies with a key for this process only until it returns")
 			a.rt.secret = make([]byte, 32)
 			rand.Read(a.rt.secret)
 			a.rt.secretEphemeral.Store(true)
-			a.storeFailed(err)
+			cookieKeys.Store(a.store.Describe(), cookieKey{secret: a.rt.secret, ephemeral: true})
 		default:
 			a.rt.secretErr = err
 		}
 	})
 	return a.rt.secret, a.rt.secretErr
+}
+
+// cookieKeys holds, by store (its Describe), the cookie key this process
+// last signed with, so that it outlives a config reload.
+var cookieKeys sync.Map
+
+type cookieKey struct {
+	secret    []byte
+	ephemeral bool // this process's own, not yet the store's
 }
 
 // loadSecret reads the shared cookie key from the store, making it if
@@ -624,8 +645,8 @@ func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
 }
 
 // refreshSecret replaces a process-only cookie key with the fleet's, once
-// the store answers again. Cookies signed with the old key are re-issued
-// on their next request.
+// the store answers again. Cookies signed with the old key are signed
+// again, with the same key, on their next request (for RotationGrace).
 func (a *App) refreshSecret(ctx context.Context) {
 	if !a.rt.secretEphemeral.Load() {
 		return
@@ -634,10 +655,12 @@ func (a *App) refreshSecret(ctx context.Context) {
 	if err != nil || !a.rt.secretEphemeral.CompareAndSwap(true, false) {
 		return
 	}
-	signer := newCookieSigner(secret)
+	cookieKeys.Store(a.store.Describe(), cookieKey{secret: secret})
+	signer, now := newCookieSigner(secret), time.Now()
 	for _, sw := range a.registry {
 		if h := sw.handler.Load(); h != nil && h.stickyMode == "cookie" && (h.Sticky == nil || h.Sticky.Secret == "") {
-			h.signer.Store(signer)
+			// Cookies signed with the process-only key keep their key.
+			h.signer.Store(signer.after(h.signer.Load(), now))
 		}
 	}
 	a.logger.Info("sticky cookies now signed with the fleet's key from the state store")

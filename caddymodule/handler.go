@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -271,7 +272,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.cookieMaxAge = int(time.Duration(st.MaxAge).Seconds())
 		// The secret may be a placeholder such as {env.SB_COOKIE_SECRET},
 		// so it never has to sit in the JSON config.
-		secret := []byte(caddy.NewReplacer().ReplaceKnown(st.Secret, ""))
+		secret, err := configuredSecret(st.Secret)
+		if err != nil {
+			return fmt.Errorf("switch %s: sticky cookie secret: %w", h.Name, err)
+		}
 		if len(secret) == 0 {
 			if secret, err = h.app.cookieSecret(ctx); err != nil {
 				return fmt.Errorf("switch %s: %w", h.Name, err)
@@ -317,7 +321,11 @@ func (h *Handler) commit() {
 	if sw.win.Load() != h.win {
 		sw.win.Store(h.win)
 	}
-	sw.handler.Store(h)
+	prev := sw.handler.Swap(h)
+	if h.signer != nil && prev != nil && prev.signer != nil {
+		// A changed key still accepts the previous one for a while.
+		h.signer.Store(h.signer.Load().after(prev.signer.Load(), time.Now()))
+	}
 	if h.Trip == nil || !h.Trip.Off {
 		go h.monitor.Run(h.ctx)
 		go h.legacyWatchLoop(h.ctx)
@@ -427,6 +435,34 @@ func (h *Handler) Cleanup() error {
 func (h *Handler) handlerGone() {
 	h.sw.handler.CompareAndSwap(h, nil)
 }
+
+// MinSecretLen is the least length of a configured cookie secret.
+const MinSecretLen = 32
+
+// configuredSecret expands a configured cookie secret's placeholders. An
+// unset or empty placeholder and a secret shorter than MinSecretLen are
+// errors, which never show the secret.
+func configuredSecret(raw string) ([]byte, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	s, err := caddy.NewReplacer().ReplaceOrErr(raw, true, true)
+	if err != nil {
+		what := "a placeholder in it"
+		if names := envPlaceholder.FindAllString(raw, -1); len(names) > 0 {
+			what = strings.Join(names, ", ")
+		}
+		return nil, fmt.Errorf("%s is unset or empty: set it, or drop secret to use the state store's key", what)
+	}
+	if len(s) < MinSecretLen {
+		return nil, fmt.Errorf("it is %d bytes, and must be at least %d (e.g. openssl rand -hex 32)", len(s), MinSecretLen)
+	}
+	return []byte(s), nil
+}
+
+// envPlaceholder finds {env.NAME} placeholders, whose names an error may
+// show (never the secret around them).
+var envPlaceholder = regexp.MustCompile(`\{env\.[A-Za-z_][A-Za-z0-9_]*\}`)
 
 func (h *Handler) sticky() Sticky {
 	s := Sticky{Source: "cookie", Name: "sb_user", MaxAge: DefaultCookieMaxAge}
@@ -644,22 +680,41 @@ func (h *Handler) stickyKey(w http.ResponseWriter, r *http.Request) (string, boo
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
 		return host, err == nil && host != ""
 	}
-	if val, ok := findCookie(r.Header, h.cookieName); ok {
-		if key, ok := h.signer.Load().verify(val); ok {
-			return key, true
-		}
+	s := h.signer.Load()
+	key, resign, ok := s.find(r.Header, h.cookieName)
+	if ok && !resign {
+		return key, true
 	}
-	key, val := h.signer.Load().issue()
+	val := ""
+	if ok {
+		val = s.sign(key) // signed with the previous key: same key, new MAC
+	} else {
+		key, val = s.issue()
+	}
 	http.SetCookie(w, &http.Cookie{
 		Name:     h.cookieName,
 		Value:    val,
 		Path:     "/",
 		MaxAge:   h.cookieMaxAge,
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   clientHTTPS(r),
 		SameSite: http.SameSiteLaxMode,
 	})
 	return key, true
+}
+
+// clientHTTPS says whether the client reached us over https: TLS ended
+// here, or a trusted proxy (Caddy's trusted_proxies) says so in
+// X-Forwarded-Proto, as Caddy's own cookie selection policy decides.
+func clientHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); !trusted {
+		return false
+	}
+	v := r.Header["X-Forwarded-Proto"]
+	return len(v) > 0 && v[len(v)-1] == "https"
 }
 
 // armRequest is the copy of a replayable request that the consolidated arm

@@ -25,7 +25,7 @@ func TestTripRulesInEffect(t *testing.T) {
 	}{
 		{"no trip block", "", `null`, def},
 		{"latency alone keeps the defaults", "trip {\nlatency p99 250ms\n}", `{"latency_quantile":0.99,"latency":"250ms"}`,
-			with(func(r *health.Rules) { r.LatencyQuantile, r.LatencyLimit = 0.99, 250 * time.Millisecond })},
+			with(func(r *health.Rules) { r.LatencyQuantile, r.LatencyLimit = 0.99, 250*time.Millisecond })},
 		{"error_rate alone keeps consecutive_failures", "trip {\nerror_rate 10%\n}", `{"error_rate":0.1}`,
 			with(func(r *health.Rules) { r.ErrorRate = 0.1 })},
 		{"consecutive_failures alone keeps error_rate", "trip {\nconsecutive_failures 3\n}", `{"consecutive_failures":3}`,
