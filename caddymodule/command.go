@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -548,7 +549,35 @@ func printSwitches(w io.Writer, st SwitchesStatus) {
 		if s.LegacyUnhealthy {
 			fmt.Fprintf(w, "\t!! LEGACY ALSO UNHEALTHY: %s\n", s.LegacyUnhealthyReason)
 		}
+		if s.Rules != nil {
+			fmt.Fprintf(w, "\ttrip: %s\n", describeRules(s.Rules))
+		}
 	}
+}
+
+// describeRules says which trip rules are in effect, for traffic status:
+// "error_rate 5%, consecutive_failures 10, latency off (window 10s,
+// min_requests 20)".
+func describeRules(r *RuleStatus) string {
+	if r.Off {
+		return "off (watched, never trips)"
+	}
+	var parts []string
+	rule := func(name string, on bool, val string) {
+		if on {
+			parts = append(parts, name+" "+val)
+		} else {
+			parts = append(parts, name+" off")
+		}
+	}
+	rule("error_rate", r.ErrorRate > 0, strconv.FormatFloat(r.ErrorRate*100, 'f', -1, 64)+"%")
+	rule("latency", r.LatencyQuantile > 0, "p"+strconv.FormatFloat(r.LatencyQuantile*100, 'f', -1, 64)+" "+strconv.FormatFloat(r.LatencyMS, 'f', -1, 64)+"ms")
+	rule("consecutive_failures", r.ConsecutiveFailures > 0, strconv.FormatUint(r.ConsecutiveFailures, 10))
+	s := strings.Join(parts, ", ") + " (window " + r.Window
+	if r.MinRequests > 0 {
+		s += ", min_requests " + strconv.FormatUint(r.MinRequests, 10)
+	}
+	return s + ")"
 }
 
 func pointCommand(cmd *cobra.Command) {
