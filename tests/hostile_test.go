@@ -201,10 +201,12 @@ func TestHostileTraffic(t *testing.T) {
 	loadCtx, stopLoad := context.WithCancel(context.Background())
 	defer stopLoad()
 	h.start = time.Now()
+	seqs := map[string]*atomic.Int64{}
 	for _, c := range classes {
 		s := &hostileStats{}
 		stats[c.name] = s
-		var seq atomic.Int64
+		seq := new(atomic.Int64)
+		seqs[c.name] = seq
 		for range c.workers {
 			wg.Add(1)
 			go func() {
@@ -229,6 +231,25 @@ func TestHostileTraffic(t *testing.T) {
 	}
 	at := func() string { return time.Since(h.start).Round(10 * time.Millisecond).String() }
 
+	// burst sends count requests of the abort-burst class at once: ten
+	// closed SSE tabs or aborted downloads must not trip the switch.
+	burst := func(count int) {
+		c := classes[len(classes)-1]
+		t.Logf("%s: a burst of %d aborting clients", at(), count)
+		for range count {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n := seqs[c.name].Add(1)
+				id := fmt.Sprintf("%s-%d", c.name, n)
+				ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+				defer cancel()
+				stats[c.name].sent.Add(1)
+				stats[c.name].record(id, c.run(ctx, h, id, n), time.Since(h.start))
+			}()
+		}
+	}
+
 	// reloads holds when each reload ran, from just before it was asked
 	// for until it returned.
 	var reloads [][2]time.Duration
@@ -245,6 +266,9 @@ func TestHostileTraffic(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+
+	sleepUntil(2 * time.Second)
+	burst(60)
 
 	// Reload 1, through the CLI, with a new weight.
 	sleepUntil(4 * time.Second)
@@ -299,7 +323,9 @@ func TestHostileTraffic(t *testing.T) {
 	if code := g.AdminJSON(t, http.MethodPost, "/switchback/switches/main/reset", map[string]string{"reason": "hostile test: fault fixed"}, nil); code != 200 {
 		t.Errorf("reset: status %d", code)
 	}
-	sleepUntil(time.Since(h.start) + 6*time.Second)
+	sleepUntil(time.Since(h.start) + time.Second)
+	burst(60)
+	sleepUntil(time.Since(h.start) + 5*time.Second)
 	stopLoad()
 	t.Logf("%s: load stopped; waiting for requests in flight", at())
 	done := make(chan struct{})
@@ -519,6 +545,21 @@ func hostileClasses() []hostileClass {
 		{name: "upload-abort", workers: 1, pause: 50 * time.Millisecond, timeout: t15, run: hostileUploadAbort},
 		{name: "websocket", workers: 2, pause: 20 * time.Millisecond, timeout: t15, run: hostileWebsocket},
 		{name: "bidi-h2c", workers: 2, pause: 20 * time.Millisecond, timeout: t15, run: hostileBidiOne},
+		// No steady workers: sent in bursts (see TestHostileTraffic).
+		{name: "abort-burst", timeout: t15, run: hostileAbortOne},
+	}
+}
+
+// hostileAbortOne is a client that goes away midway: an aborted
+// download, a closed SSE tab or an abandoned upload, in turn.
+func hostileAbortOne(ctx context.Context, h *hostileRun, id string, n int64) hostileResult {
+	switch n % 3 {
+	case 0:
+		return hostileDownload(ctx, h, id, 2*n) // even: hangs up after 64 KiB
+	case 1:
+		return hostileSSEOne(ctx, h, id, 3*n) // a multiple of 3: leaves after 3 events
+	default:
+		return hostileUploadAbort(ctx, h, id, n)
 	}
 }
 
