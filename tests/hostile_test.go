@@ -146,16 +146,21 @@ type hostileFailure struct {
 // 100-continue (some refused by the upstream), SSE streams, large
 // downloads, websockets over HTTP/1.1 and gRPC-style bidi streams over
 // h2c, with clients that abort uploads, downloads, SSE streams,
-// websockets and bidi streams midway. In the middle, a `switchback
-// reload`, a fault on consolidated (503 at once, body unread) that trips
-// the switch, a reload through the admin /load, and a reset. Then it
+// websockets and bidi streams midway, and two bursts of 60 such clients
+// at once. In the middle, a `switchback reload`, a fault on consolidated
+// (503 at once, body unread) that trips the switch, a reload through the
+// admin /load, and a reset once the fault has left the trip window. It
+// prints a table of what each class of request saw, then it
 // asserts, with a count for each: no panic; no trip that the fault did
 // not cause; no client-visible error for a replayable request, and none
 // for any other request except those consolidated failed on purpose; no
 // request without Idempotency-Key executed twice across the two
 // upstreams; every body checked byte for byte arrived exact; a refused
 // 100-continue request never sent its body; and the gateway's goroutine
-// count is back to where it was before the load.
+// count is back to where it was before the load. A request that failed
+// at the transport while a reload ran, and that no upstream saw, is
+// counted apart as Caddy's own reload reset (plain reverse_proxy does the
+// same; README, "reload"), and printed.
 func TestHostileTraffic(t *testing.T) {
 	h := &hostileRun{
 		legacy:       newHostileUpstream(t, "legacy"),
