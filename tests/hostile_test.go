@@ -32,6 +32,8 @@ import (
 // Each arm sends /bidi to its upstream over h2c (a full-duplex stream
 // needs HTTP/2 end to end) and everything else over HTTP/1.1, which
 // websockets need; Expect: 100-continue waits for the upstream's answer.
+// Legacy is probed, as the README suggests, so probes run through
+// the arms across the reloads and the trip.
 const hostileTemplate = `{
 	admin {ADMIN}
 	servers {
@@ -50,6 +52,7 @@ http://{HTTP} {
 		mode split
 		sticky cookie sb_user
 		replay_max_body 8MiB
+		probe legacy GET /get interval 500ms
 		legacy {
 			reverse_proxy /bidi {LEGACY} {
 				transport http {
