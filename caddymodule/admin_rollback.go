@@ -18,8 +18,8 @@ import (
 //	GET  points[?limit=N&type=T]        list rollback points, newest first
 //	POST points                         create a point: {"type","component","metadata","tags","trigger"}
 //	GET  points/{id}                    one point
-//	POST points/{id}/verify             re-hash a point's objects
-//	POST points/verify                  verify every point
+//	POST points/{id}/verify             re-hash a point's objects: {"repair"}
+//	POST points/verify                  verify every point: {"repair"}
 //	POST points/{id}/rollback           restore: {"trigger","reason","force","dry_run","only"}
 //	POST emergency                      {"reason"}
 //	POST cleanup                        {"keep_count","keep_days","dry_run"}
@@ -27,6 +27,15 @@ import (
 //	GET  operations[?limit=N]           operation records, newest first
 //	GET  operations/{id}                one record
 //	GET  operations/{id}/report         its incident report, in Markdown
+//
+// VerifyRequest is the body of POST points/{id}/verify and points/verify.
+// An empty body only verifies.
+type VerifyRequest struct {
+	// Repair rewrites missing or corrupt objects from live files whose
+	// content hashes to them, and reports what it repaired and what not.
+	Repair bool `json:"repair,omitempty"`
+}
+
 func (a *App) handleRollbackAPI(w http.ResponseWriter, r *http.Request, parts []string) error {
 	switch {
 	case len(parts) == 1 && parts[0] == "points":
@@ -49,7 +58,15 @@ func (a *App) handleRollbackAPI(w http.ResponseWriter, r *http.Request, parts []
 		if err := method(r, http.MethodPost); err != nil {
 			return err
 		}
-		reps, err := a.restore.VerifyAll(r.Context())
+		var req VerifyRequest
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
+		verify := a.restore.VerifyAll
+		if req.Repair {
+			verify = a.restore.RepairAll
+		}
+		reps, err := verify(r.Context())
 		return writeResult(w, reps, err)
 	case len(parts) == 2 && parts[0] == "points":
 		if err := method(r, http.MethodGet); err != nil {
@@ -64,7 +81,15 @@ func (a *App) handleRollbackAPI(w http.ResponseWriter, r *http.Request, parts []
 		if err := method(r, http.MethodPost); err != nil {
 			return err
 		}
-		rep, err := a.restore.VerifyPoint(r.Context(), parts[1])
+		var req VerifyRequest
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
+		verify := a.restore.VerifyPoint
+		if req.Repair {
+			verify = a.restore.RepairPoint
+		}
+		rep, err := verify(r.Context(), parts[1])
 		return writeResult(w, rep, err)
 	case len(parts) == 3 && parts[0] == "points" && parts[2] == "rollback":
 		if err := method(r, http.MethodPost); err != nil {

@@ -558,6 +558,7 @@ func pointCommand(cmd *cobra.Command) {
 		limit                    int
 		all, dryRun              bool
 		keepCount, keepDays      int
+		verifyReq                VerifyRequest
 	)
 	subcommand(cmd, "create", "Creates a rollback point", exactArgs(0, "create takes no arguments; use --type"), func(ctx context.Context, c *cli, _ []string) error {
 		if typ == "" {
@@ -621,10 +622,10 @@ func pointCommand(cmd *cobra.Command) {
 		stop := c.spinner("verifying")
 		var reps []restore.VerifyReport
 		if all {
-			reps, err = b.VerifyAll(ctx)
+			reps, err = b.VerifyAll(ctx, verifyReq)
 		} else {
 			var rep restore.VerifyReport
-			rep, err = b.VerifyPoint(ctx, args[0])
+			rep, err = b.VerifyPoint(ctx, args[0], verifyReq)
 			if rep.Point != "" {
 				reps = []restore.VerifyReport{rep}
 			}
@@ -634,6 +635,7 @@ func pointCommand(cmd *cobra.Command) {
 		return err
 	}, func(f *pflag.FlagSet) {
 		f.BoolVar(&all, "all", false, "verify every point")
+		f.BoolVar(&verifyReq.Repair, "repair", false, "rewrite missing or corrupt objects from live files whose content matches")
 	})
 	subcommand(cmd, "cleanup", "Removes old points and unreferenced objects", exactArgs(0, "cleanup takes no arguments"), func(ctx context.Context, c *cli, _ []string) error {
 		if keepCount < 0 || keepDays < 0 {
@@ -697,6 +699,13 @@ func printVerify(w io.Writer, reps []restore.VerifyReport) {
 		fmt.Fprintf(w, "%s\t%s\t%d objects\t%s\t%.0f MB/s\n", r.Point, status, r.Objects, humanBytes(r.Bytes), r.BytesPerSecond/1e6)
 		if r.ManifestError != "" {
 			fmt.Fprintf(w, "\tmanifest: %s\n", r.ManifestError)
+		}
+		for _, p := range r.Repaired {
+			from := p.Root
+			if p.Path != "." {
+				from += "/" + p.Path
+			}
+			fmt.Fprintf(w, "\trepaired %s object %.12s from %s\n", p.Kind, p.Digest, from)
 		}
 		for _, p := range r.Problems {
 			fmt.Fprintf(w, "\t%+v\n", p)

@@ -13,7 +13,17 @@
 // as one batch: one syncfs(2) before the renames instead of two fsyncs an
 // object, which made the first create of an 11k-file tree about three
 // times faster. Temp files a killed create leaves are removed by cleanup after
-// an hour.
+// an hour. An existing object of the wrong size, or one verify flagged as
+// corrupt (backups/objects/.corrupt/<digest>, durable until the object is
+// good again), is replaced by a fresh copy with a rename; a flagged digest
+// is never reused for an unchanged file.
+//
+// Creates and cleanup share the object store's lease, an flock on
+// backups/objects/.lease: a create holds it shared from choosing its
+// parent point until its catalog record is written, cleanup exclusive
+// while it collects, deciding from the catalog as it is then. So no point
+// is committed naming an object cleanup removed. The lease is per host
+// like the objects, and dies with its holder.
 //
 // backups/manifests/<point>.json is a point's manifest: for each root (a
 // configured file or directory, by absolute path) every entry below it,

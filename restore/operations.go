@@ -163,6 +163,7 @@ func (m *Manager) encodeOp(op *Operation) ([]byte, error) {
 	if c.Verify != nil {
 		v := *c.Verify
 		v.Problems = truncate(v.Problems, 200)
+		v.Repaired = truncate(v.Repaired, 200)
 		c.Verify = &v
 	}
 	if c.Cleanup != nil {

@@ -144,6 +144,13 @@ func (m *Manager) createPoint(ctx context.Context, opID string, spec pointSpec) 
 }
 
 func (m *Manager) createPointManifest(ctx context.Context, opID string, spec pointSpec) (Point, *Manifest, error) {
+	// The object lease, shared, from before the parent is chosen until the
+	// point is committed: cleanup cannot remove the objects it reuses.
+	lease, err := m.objectLease(ctx, false)
+	if err != nil {
+		return Point{}, nil, err
+	}
+	defer lease.release()
 	all, err := m.listPoints(ctx)
 	if err != nil {
 		return Point{}, nil, err
@@ -281,7 +288,8 @@ func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point, 
 		e := entryFromInfo(rel, info)
 		switch e.Type {
 		case EntryFile:
-			if pe, ok := prev[rel]; ok && pe.Type == EntryFile && pe.Size == e.Size && pe.MTime == e.MTime && pe.Ino == e.Ino && e.Ino != 0 {
+			if pe, ok := prev[rel]; ok && pe.Type == EntryFile && pe.Size == e.Size && pe.MTime == e.MTime && pe.Ino == e.Ino && e.Ino != 0 &&
+				!objs.isFlagged(pe.Digest) {
 				e.Digest = pe.Digest
 			} else {
 				jobs = append(jobs, job{len(rm.Entries), abs})
