@@ -69,12 +69,9 @@
 // # Verify
 //
 // Verify re-hashes every object a point references, once each, biggest
-// first, on as many workers as cores. Objects under 64 KB (most of a
-// source tree) are read in batches of 64 through io_uring where the kernel
-// allows (objcheck.go, uring_linux.go), each with one read of its size plus
-// a byte, with O_NOATIME where the caller owns the objects; bigger ones with
-// plain reads. Whatever a batch finds wrong is checked again on its own, so
-// every problem has the same exact message either way.
+// first, on as many workers as cores, with raw system calls (objcheck.go):
+// one read of an object's size plus a byte, with O_NOATIME where the
+// caller owns the objects.
 //
 // # Restore
 //

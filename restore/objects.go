@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,11 +24,6 @@ import (
 // name is complete.
 type objectStore struct {
 	dir string
-	// noRing makes verification use plain system calls even where
-	// io_uring is available (tests cover both paths with it).
-	noRing bool
-	// ringBatches counts batches read through io_uring.
-	ringBatches atomic.Int64
 	// leaseWait bounds a wait for the lease (default defaultLeaseWait).
 	leaseWait time.Duration
 }

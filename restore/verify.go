@@ -364,7 +364,7 @@ func (m *Manager) repair(ctx context.Context, p Point, rep *VerifyReport) error 
 		return err
 	}
 	// Trust nothing unchecked: re-hash every rewritten object.
-	c := m.objects.checker(false)
+	c := m.objects.checker()
 	defer c.close()
 	for d, pr := range from {
 		if _, err := c.check(d, wants[d].size); err != nil {
