@@ -754,3 +754,27 @@ func TestVersion1ManifestStillRead(t *testing.T) {
 		t.Fatalf("restored from a version-1 point:\n%s\nwant\n%s", got, before)
 	}
 }
+
+// TestOtherHostsPointsAreNotParents: a point of another host (same store,
+// same paths, as a fleet on one Consul) never lends its digests: its
+// inodes are another disk's and its objects are not here.
+func TestOtherHostsPointsAreNotParents(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	tickClock(e.m)
+	waitTick(t)
+	other := otherHost(t, e, "other-host", Options{})
+	tickClock(other)
+	mustCreate(t, other, CreateOptions{Type: TypeData})
+	hashed := 0
+	e.m.testHook = func(point string) error {
+		if strings.HasPrefix(point, "open ") {
+			hashed++
+		}
+		return nil
+	}
+	p := mustCreate(t, e.m, CreateOptions{Type: TypeData})
+	if hashed != 3 || p.Parent != "" {
+		t.Fatalf("hashed %d of 3 files, parent %q: another host's point was trusted", hashed, p.Parent)
+	}
+}
