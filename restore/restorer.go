@@ -129,6 +129,11 @@ type target struct {
 	root    string
 	desired RootManifest
 	only    []string // rel paths restored; nil means the whole root
+
+	// Set by diff: writeBytes is what staging copies next to the root;
+	// preBytes the live files the restore replaces or removes, which the
+	// pre-rollback point may store as new objects.
+	writeBytes, preBytes int64
 }
 
 // restore runs the restore steps for p on op.
@@ -672,7 +677,9 @@ func sameTree(a, b RootManifest) bool {
 func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]bool, error) {
 	toCopy := map[string]bool{}
 	p := Plan{Added: []string{}, Removed: []string{}, Modified: []string{}}
-	for _, t := range targets {
+	for ti := range targets {
+		t := &targets[ti]
+		before := p.BytesToWrite
 		live := map[string]Entry{}
 		info, err := os.Lstat(t.root)
 		if err == nil {
@@ -716,6 +723,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 				}
 			case l.Type != e.Type || l.Mode != e.Mode || l.Type == EntryFile && (l.Size != e.Size || l.MTime != e.MTime) || l.Type == EntrySymlink && l.Target != e.Target:
 				p.Modified = append(p.Modified, abs(e.Path))
+				t.preBytes += l.Size
 				if e.Type == EntryFile {
 					p.BytesToWrite += e.Size
 					toCopy[e.Digest] = true
@@ -726,10 +734,12 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		for rel := range live {
 			if in(rel) && !want[rel] {
 				removed = append(removed, abs(rel))
+				t.preBytes += live[rel].Size
 			}
 		}
 		sort.Strings(removed)
 		p.Removed = append(p.Removed, removed...)
+		t.writeBytes = p.BytesToWrite - before
 	}
 	p.AddedCount, p.RemovedCount, p.ModifiedCount = len(p.Added), len(p.Removed), len(p.Modified)
 	return p, toCopy, nil
@@ -774,18 +784,18 @@ func (m *Manager) checkSpace(targets []target, plan Plan) error {
 		needs[id].need += uint64(n)
 		return nil
 	}
-	// Staging writes the copied files next to the live paths; the
-	// pre-rollback point may store the changed live files as objects.
-	per := int64(0)
-	if len(targets) > 0 {
-		per = plan.BytesToWrite / int64(len(targets))
-	}
+	// Staging writes each root's copied files on the filesystem of its
+	// stage; the pre-rollback point stores the live files the restore
+	// replaces or removes as new objects (at most), in the object store.
+	// Needs add up per filesystem, whichever roots share one.
+	var pre int64
 	for _, t := range targets {
-		if err := addNeed(filepath.Dir(t.root), per); err != nil {
+		if err := addNeed(filepath.Dir(t.root), t.writeBytes); err != nil {
 			return err
 		}
+		pre += t.preBytes
 	}
-	if err := addNeed(m.objects.dir, plan.BytesToWrite); err != nil {
+	if err := addNeed(m.objects.dir, pre); err != nil {
 		return err
 	}
 	for _, n := range needs {
