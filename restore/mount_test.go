@@ -74,3 +74,58 @@ func TestSpaceCheckPerFilesystem(t *testing.T) {
 		t.Errorf("refused at %s, want pre_checks", last.Name)
 	}
 }
+
+// TestMountPointRoot: a root that is a mount point (a tmpfs here, and a
+// bind mount) is refused at the pre-check when the restore would have to
+// swap it, before any work, and left as it is; a restore that leaves it
+// unchanged goes ahead. The old code staged everything, then failed the
+// swap with EBUSY.
+func TestMountPointRoot(t *testing.T) {
+	for _, kind := range []string{"tmpfs", "bind"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			switch kind {
+			case "tmpfs":
+				mountTmpfs(t, data, "16m")
+			case "bind":
+				src := filepath.Join(dir, "volume")
+				os.MkdirAll(src, 0o755)
+				os.MkdirAll(data, 0o755)
+				if err := unix.Mount(src, data, "", unix.MS_BIND, ""); err != nil {
+					if os.Getenv("CI") == "true" {
+						t.Fatalf("bind mount (CI runs as root): %v", err)
+					}
+					t.Skipf("needs root to bind mount: %v", err)
+				}
+				t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
+			}
+			if mp, err := isMountPoint(data); err != nil || !mp {
+				t.Fatalf("isMountPoint(%s) = %v, %v", data, mp, err)
+			}
+			if mp, err := isMountPoint(dir); err != nil || mp {
+				t.Fatalf("isMountPoint(%s) = %v, %v", dir, mp, err)
+			}
+			m := envWithRoots(t, dir, filepath.Join(dir, "app"), data)
+			writeTree(t, dir, map[string]string{"app/a": "1", "data/db": "v1"})
+			p := mustCreate(t, m, CreateOptions{Type: TypeFullSystem})
+			// Only app changed: the mount root is not swapped.
+			writeTree(t, dir, map[string]string{"app/a": "2"})
+			if _, err := m.Rollback(context.Background(), p.ID, RollbackOptions{}); err != nil {
+				t.Fatalf("restore leaving the mount root alone: %v", err)
+			}
+			writeTree(t, dir, map[string]string{"data/db": "v2"})
+			before := snapshotAll(t, filepath.Join(dir, "app"), data)
+			op, err := m.Rollback(context.Background(), p.ID, RollbackOptions{Force: true})
+			if !errors.Is(err, ErrMountPoint) || !strings.Contains(err.Error(), data+" is a mount point") {
+				t.Fatalf("restore into a mount root: %v", err)
+			}
+			if last := op.Steps[len(op.Steps)-1]; last.Name != "pre_checks" {
+				t.Errorf("refused at %s, want pre_checks", last.Name)
+			}
+			if got := snapshotAll(t, filepath.Join(dir, "app"), data); got != before {
+				t.Errorf("the refused restore changed the trees")
+			}
+		})
+	}
+}

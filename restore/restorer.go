@@ -134,6 +134,8 @@ type target struct {
 	// preBytes the live files the restore replaces or removes, which the
 	// pre-rollback point may store as new objects.
 	writeBytes, preBytes int64
+	// changed says the plan adds, removes or modifies something in it.
+	changed bool
 }
 
 // restore runs the restore steps for p on op.
@@ -156,12 +158,16 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 		if targets, err = m.targets(mf, opts.Only); err != nil {
 			return err
 		}
+
 		op.Only = opts.Only
 		var toCopy map[string]bool
 		if plan, toCopy, err = m.diff(ctx, targets); err != nil {
 			return err
 		}
 		op.Plan = &plan
+		if err := checkNotMountPoints(targets); err != nil {
+			return err
+		}
 		if opts.Force {
 			s.Detail = "skipped (forced)"
 			return nil
@@ -680,6 +686,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 	for ti := range targets {
 		t := &targets[ti]
 		before := p.BytesToWrite
+		nchanges := len(p.Added) + len(p.Removed) + len(p.Modified)
 		live := map[string]Entry{}
 		info, err := os.Lstat(t.root)
 		if err == nil {
@@ -740,6 +747,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		sort.Strings(removed)
 		p.Removed = append(p.Removed, removed...)
 		t.writeBytes = p.BytesToWrite - before
+		t.changed = len(p.Added)+len(p.Removed)+len(p.Modified) > nchanges
 	}
 	p.AddedCount, p.RemovedCount, p.ModifiedCount = len(p.Added), len(p.Removed), len(p.Modified)
 	return p, toCopy, nil
