@@ -78,16 +78,27 @@
 // Rollback runs these steps, each recorded in the operation's
 // steps_completed with its start, duration and error:
 //
-//  1. pre_checks: the point exists, its manifest matches its digest, its
-//     objects are present with their recorded sizes, every object staging
-//     will copy re-hashes to its name, and each filesystem has room for
-//     what will be written (statfs, with a margin). Force skips these only.
+//  1. pre_checks: the point was created on this host (ErrForeignPoint
+//     otherwise: its objects are on another host's disk), exists, its
+//     manifest matches its digest, its objects are present with their
+//     recorded sizes, every object staging will copy re-hashes to its
+//     name, no root the restore swaps is a mount point (ErrMountPoint),
+//     and each filesystem has room for what will be written there: the
+//     stage's copies on each root's filesystem, the pre-rollback point's
+//     new objects on the backups' (statfs, with a margin). Force skips the
+//     integrity and space checks only.
 //  2. lock: the state store's restore lock (fleet-wide with Consul, a
 //     cross-process flock with the local store). A held lock fails with
-//     ErrRestoreInProgress: "restore in progress on HOST (op ID)".
-//  3. pre_rollback_point: an automatic point of the same roots as they
+//     ErrRestoreInProgress: "restore in progress on HOST (op ID)", at once
+//     or after RollbackOptions.LockWait. Holding it, the restore first
+//     recovers this host's unfinished restores (see Recover), and refuses
+//     (ErrUnfinished) while one remains.
+//  3. pre_restore hook, so an application still writing is stopped before
+//     its files are read.
+//  4. pre_rollback_point: an automatic point of the same roots as they
 //     are now (Auto "pre-rollback", metadata {"auto":"pre-rollback","for":ID}).
-//  4. pre_restore hook.
+//     If it fails, an emergency records the failure loudly and restores
+//     anyway; a rollback refuses unless forced.
 //  5. stage: for each root that differs, a staging tree is built next to
 //     it, ".<name>.switchback-stage-<op>", on the same filesystem, through
 //     an os.Root on the parent directory. A file whose content, owner,
@@ -165,9 +176,18 @@
 // Each rename is atomic, so after kill -9 at any instant each root's live
 // name holds exactly the old tree or exactly the new one (with the
 // fallback two-rename swap, the name may be briefly absent, with the old
-// tree under the old name). Recover, run by the CLI before each command
-// and by the gateway at start, takes the restore lock (so it never races a
-// live restore) and finishes every restore still "running": from
+// tree under the old name). Recover, run by the CLI before each command,
+// by every restore once it holds the lock, and by the gateway at start
+// (again and again while the lock is held), takes the restore lock (so it
+// never races a live restore) and finishes this host's restores still
+// "running" whose process is gone. A host is its id (Options.HostIDFile),
+// recorded in every operation and point with the host name; other hosts'
+// operations are never touched, however old. A process is gone when its
+// pid no longer runs with the start time it recorded (/proc/<pid>/stat)
+// or the boot id changed, so a reused pid is not taken for it. For all
+// roots of an operation together, after checking each root's inodes
+// against the journal (a root holding a tree the journal does not know
+// stops it: nothing is touched, the operation is marked failed): from
 // staging or reverting it rolls back (the live names keep, or get back,
 // the old trees, found by inode; stages are removed; the pre-rollback point
 // is dropped, found by its op even when the process died between
@@ -175,7 +195,10 @@
 // rolled_back; a restore that died before staging is marked failed, its
 // pre-rollback point dropped the same way. From swapping on it rolls
 // forward (the stages are complete, so every root gets its new tree) and
-// records rolled_forward. Both decisions look at what is at the live, stage
+// records rolled_forward; if some root's stage is gone it rolls all back
+// instead, and if neither way works for every root it touches nothing.
+// The reverting phase is made durable before the first undo, by a live
+// restore and by recovery alike. Both decisions look at what is at the live, stage
 // and old names and compare inodes, so they work from any state a crash
 // leaves and can themselves be interrupted and re-run.
 //

@@ -38,6 +38,10 @@ var (
 	// its objects are on that host's disk, not here.
 	ErrForeignPoint = errors.New("point of another host")
 
+	// ErrMountPoint is wrapped when a root to restore is a mount point,
+	// which cannot be swapped by rename.
+	ErrMountPoint = errors.New("root is a mount point")
+
 	// ErrUnfinished is wrapped when a restore refuses to start because an
 	// earlier restore of this host is unfinished and could not be
 	// recovered.

@@ -131,6 +131,13 @@ type target struct {
 	root    string
 	desired RootManifest
 	only    []string // rel paths restored; nil means the whole root
+
+	// Set by diff: writeBytes is what staging copies next to the root;
+	// preBytes the live files the restore replaces or removes, which the
+	// pre-rollback point may store as new objects.
+	writeBytes, preBytes int64
+	// changed says the plan adds, removes or modifies something in it.
+	changed bool
 }
 
 // restore runs the restore steps for p on op.
@@ -153,12 +160,16 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 		if targets, err = m.targets(mf, opts.Only); err != nil {
 			return err
 		}
+
 		op.Only = opts.Only
 		var toCopy map[string]bool
 		if plan, toCopy, err = m.diff(ctx, targets); err != nil {
 			return err
 		}
 		op.Plan = &plan
+		if err := checkNotMountPoints(targets); err != nil {
+			return err
+		}
 		if opts.Force {
 			s.Detail = "skipped (forced)"
 			return nil
@@ -676,10 +687,13 @@ func sameTree(a, b RootManifest) bool {
 func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]bool, error) {
 	toCopy := map[string]bool{}
 	p := Plan{Added: []string{}, Removed: []string{}, Modified: []string{}}
-	for _, t := range targets {
+	for ti := range targets {
+		t := &targets[ti]
+		before := p.BytesToWrite
+		nchanges := len(p.Added) + len(p.Removed) + len(p.Modified)
 		entries, _, err := liveEntries(ctx, t.root, false)
 		if err != nil {
-			return p, nil, err
+			return p, nil, passCanceled(ctx, err)
 		}
 		live := make(map[string]Entry, len(entries))
 		for _, e := range entries {
@@ -708,6 +722,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 				}
 			case metaDiff(l, e, false) != "":
 				p.Modified = append(p.Modified, abs(e.Path))
+				t.preBytes += l.Size
 				if e.Type == EntryFile {
 					p.BytesToWrite += e.Size
 					toCopy[e.Digest] = true
@@ -718,10 +733,13 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		for rel := range live {
 			if in(rel) && !want[rel] {
 				removed = append(removed, abs(rel))
+				t.preBytes += live[rel].Size
 			}
 		}
 		sort.Strings(removed)
 		p.Removed = append(p.Removed, removed...)
+		t.writeBytes = p.BytesToWrite - before
+		t.changed = len(p.Added)+len(p.Removed)+len(p.Modified) > nchanges
 	}
 	p.AddedCount, p.RemovedCount, p.ModifiedCount = len(p.Added), len(p.Removed), len(p.Modified)
 	return p, toCopy, nil
@@ -747,18 +765,18 @@ func (m *Manager) checkSpace(targets []target, plan Plan) error {
 		needs[id].need += uint64(n)
 		return nil
 	}
-	// Staging writes the copied files next to the live paths; the
-	// pre-rollback point may store the changed live files as objects.
-	per := int64(0)
-	if len(targets) > 0 {
-		per = plan.BytesToWrite / int64(len(targets))
-	}
+	// Staging writes each root's copied files on the filesystem of its
+	// stage; the pre-rollback point stores the live files the restore
+	// replaces or removes as new objects (at most), in the object store.
+	// Needs add up per filesystem, whichever roots share one.
+	var pre int64
 	for _, t := range targets {
-		if err := addNeed(filepath.Dir(t.root), per); err != nil {
+		if err := addNeed(filepath.Dir(t.root), t.writeBytes); err != nil {
 			return err
 		}
+		pre += t.preBytes
 	}
-	if err := addNeed(m.objects.dir, plan.BytesToWrite); err != nil {
+	if err := addNeed(m.objects.dir, pre); err != nil {
 		return err
 	}
 	for _, n := range needs {
