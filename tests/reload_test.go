@@ -7,10 +7,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/leanvibe/switchback/state/consul/consultest"
 )
 
 // reloadTemplate is a gateway with switch "main" at weight {WEIGHT} whose
@@ -236,4 +239,40 @@ func TestCommittedReloadTakesOver(t *testing.T) {
 	e.trips(t, "after the reload")
 	e.reset(t)
 	e.trips(t, "after the reload and a reset")
+}
+
+// TestFleetRejectedReloadChangesNothing: on Consul, a reload that one
+// gateway rejects (weight 50 to 80, and an unknown module) reaches no
+// gateway of the fleet: every one stays at weight 50.
+func TestFleetRejectedReloadChangesNothing(t *testing.T) {
+	agent := consultest.Start(t)
+	f := startFleet(t, agent.Addr, agent.Addr)
+	g := f.gws[0]
+	src, err := os.ReadFile(g.Caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(file, []byte(strings.Replace(string(src), "weight 50", "weight 80", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := RunCLI(t, dir, "adapt", "--config", file, "--adapter", "caddyfile")
+	if code != 0 {
+		t.Fatalf("adapt: exit %d: %s", code, errOut)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	e := &reloadEnv{g: g}
+	if code, body := e.load(t, withUnknownModule(t, doc)); code < 400 || !strings.Contains(body, "no_such_module") {
+		t.Fatalf("POST /load with an unknown module: %d %s; want it rejected", code, body)
+	}
+	time.Sleep(2 * time.Second) // a change reaches the fleet well within this
+	for i, gw := range f.gws {
+		if s := gw.Switch(t, "main"); s.Weight != 50 {
+			t.Errorf("gw-%d: weight %d after gw-0 rejected a reload to 80; want 50 (by %s: %s)", i, s.Weight, s.By, s.Reason)
+		}
+	}
 }
