@@ -1,10 +1,9 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -77,6 +76,14 @@ type Handler struct {
 	// body is not replayed.
 	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
 
+	// ReplayUnsafeRaw are request matcher sets: a request with a method
+	// that is not idempotent (POST, PATCH, ...) that one of them matches
+	// is replayed on legacy after any failure of consolidated, as a GET
+	// is. The operator declares such requests safe to run twice. Without
+	// a match, such a request is replayed only when it carries an
+	// Idempotency-Key header or consolidated provably never received it.
+	ReplayUnsafeRaw caddyhttp.RawMatcherSets `json:"replay_unsafe,omitempty" caddy:"namespace=http.matchers"`
+
 	// Probe actively checks an arm through its own handler chain.
 	Probe *Probe `json:"probe,omitempty"`
 
@@ -103,6 +110,7 @@ type Handler struct {
 	stickyMode   string
 	replay       bool
 	maxBody      int64
+	replayUnsafe caddyhttp.MatcherSets
 	logger       *zap.Logger
 	ctx          caddy.Context
 }
@@ -256,6 +264,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.maxBody = h.ReplayMaxBody
 	if h.maxBody == 0 {
 		h.maxBody = DefaultReplayMaxBody
+	}
+	if h.ReplayUnsafeRaw != nil {
+		sets, err := ctx.LoadModule(h, "ReplayUnsafeRaw")
+		if err != nil {
+			return fmt.Errorf("switch %s: loading replay_unsafe matchers: %w", h.Name, err)
+		}
+		if err := h.replayUnsafe.FromInterface(sets); err != nil {
+			return fmt.Errorf("switch %s: replay_unsafe: %w", h.Name, err)
+		}
 	}
 
 	appIface, err := ctx.App("switchback")
@@ -550,41 +567,104 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !consolidated {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
-	if !h.replay || !h.prepareReplay(r) {
+	if !h.replay {
 		return h.serve(armConsolidated, h.consolidated, w, r, next, repl)
 	}
+	return h.serveReplayable(w, r, next, repl)
+}
 
+// serveReplayable serves a request on consolidated so that legacy can
+// answer instead if consolidated fails before any byte reached the client
+// and the request is safe to repeat (see replayClass and neverReceived).
+// The arm gets a copy of the request, so its rewrites do not reach the
+// replay, and a body that streams through with a copy kept (teeBody).
+func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
+	class := h.replayClass(r)
 	rec := getRecorder(w, true)
+	rec.replace = class != ""
 	ar := getArmRequest(r)
-	start := time.Now()
-	observed := false
-	defer func() {
-		if !observed {
-			// The arm panicked: reverse_proxy aborts a stream that broke
-			// after the status went out with http.ErrAbortHandler.
-			h.observe(armConsolidated, start, rec, true)
-		}
-		putArmRequest(ar)
-		putRecorder(rec)
-	}()
+	var body *teeBody
+	if hasBody(r) {
+		body = newTeeBody(r.Body, h.maxBody)
+		ar.req.Body, ar.req.GetBody = body, nil
+		rec.body = body
+	}
 	setArm(repl, armConsolidated)
-	err := h.consolidated.ServeHTTP(rec, &ar.req, next)
-	failed := err != nil || rec.status >= 500
-	h.observe(armConsolidated, start, rec, failed)
-	observed = true
-	if !failed || rec.sent {
+	start := time.Now()
+	err, aborted := callArm(h.consolidated, rec, &ar.req, next)
+	out := classify(r, rec, err, aborted != nil)
+	h.observe(armConsolidated, start, rec, out)
+	putArmRequest(ar)
+
+	reason, replay := h.replayDecision(class, rec, err, out, body)
+	if out == outcomeFailed {
+		h.sw.metrics.decision(reason, replay).Inc()
+	}
+	if !replay {
+		if body != nil {
+			body.detached.Store(true) // a transport still writing reads no more
+		}
+		held := rec.held
+		putRecorder(rec)
+		if aborted != nil && !held {
+			panic(aborted) // the client's stream broke: as reverse_proxy meant it
+		}
+		if held {
+			// Kept back, yet not replayable after all (the body outgrew
+			// its copy meanwhile): nothing reached the client yet.
+			return caddyhttp.Error(http.StatusBadGateway, errors.New("switchback: consolidated failed and the request cannot be replayed"))
+		}
 		return err
 	}
+	putRecorder(rec)
 	// The consolidated answer never reached the client: drop it and let
-	// legacy answer instead.
+	// legacy answer instead, with a body of its own.
 	h.sw.metrics.replays.Inc()
-	if b, ok := r.Body.(*replayBody); ok {
-		b.rewind()
-	}
 	if repl != nil {
 		repl.Set("http.switchback.replayed", true)
 	}
+	if body == nil {
+		return h.serve(armLegacy, h.legacy, w, r, next, repl)
+	}
+	body.detach()
+	orig := r.Body
+	r.Body = &body.replay
+	defer func() { r.Body = orig }()
 	return h.serve(armLegacy, h.legacy, w, r, next, repl)
+}
+
+// replayDecision says whether a consolidated attempt that ended with out
+// is replayed on legacy, and why (the reason label of the metric).
+func (h *Handler) replayDecision(class string, rec *recorder, err error, out outcome, body *teeBody) (string, bool) {
+	if out != outcomeFailed {
+		return "", false
+	}
+	switch {
+	case rec.sent:
+		return skipResponseStarted, false
+	case class == "" && !neverReceived(err):
+		return skipUnsafeMethod, false
+	case body != nil && !body.replayable():
+		return skipBodyTooLarge, false
+	case class == "":
+		return replayNeverReceived, true
+	}
+	return class, true
+}
+
+// callArm runs an arm and recovers a panic with http.ErrAbortHandler,
+// which reverse_proxy uses to abort a stream that broke after its status
+// went out, so the caller can judge it. Other panics go on.
+func callArm(hd caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error, aborted any) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler { //nolint:errorlint // the panic value itself
+				panic(v)
+			}
+			aborted = v
+		}
+	}()
+	return hd.ServeHTTP(w, r, next), nil
 }
 
 // serve runs one arm and observes its result.
@@ -592,16 +672,12 @@ func (h *Handler) serve(arm string, hd caddyhttp.MiddlewareHandler, w http.Respo
 	setArm(repl, arm)
 	rec := getRecorder(w, false)
 	start := time.Now()
-	observed := false
-	defer func() {
-		if !observed {
-			h.observe(arm, start, rec, true) // the arm panicked, e.g. a broken stream
-		}
-		putRecorder(rec)
-	}()
-	err := hd.ServeHTTP(rec, r, next)
-	h.observe(arm, start, rec, err != nil || rec.status >= 500)
-	observed = true
+	err, aborted := callArm(hd, rec, r, next)
+	h.observe(arm, start, rec, classify(r, rec, err, aborted != nil))
+	putRecorder(rec)
+	if aborted != nil {
+		panic(aborted)
+	}
 	return err
 }
 
@@ -624,14 +700,25 @@ func setArm(repl *caddy.Replacer, arm string) {
 
 // observe records one answer in the arm's window and counters, and lets
 // the monitor judge consolidated's.
-func (h *Handler) observe(arm string, start time.Time, rec *recorder, failed bool) {
+// Only upstream failures count: a client that went away is counted apart
+// and left out of the windows, and a 4xx of a handler (basic_auth,
+// request_body) is an answer like any other.
+func (h *Handler) observe(arm string, start time.Time, rec *recorder, out outcome) {
+	i := armIndex(arm)
+	switch out {
+	case outcomeClientGone:
+		h.sw.metrics.clientGone[i].Inc()
+		return
+	case outcomeClientError:
+		h.sw.metrics.clientErrors[i].Inc()
+	}
+	failed := out == outcomeFailed
 	end := rec.firstByte
 	if end.IsZero() {
 		end = time.Now()
 	}
 	latency := end.Sub(start)
 	now := end.UnixNano()
-	i := armIndex(arm)
 	h.sw.metrics.requests[i].Inc()
 	if failed {
 		h.sw.metrics.failures[i].Inc()
@@ -720,15 +807,16 @@ func clientHTTPS(r *http.Request) bool {
 // armRequest is the copy of a replayable request that the consolidated arm
 // serves. Handlers in the arm (uri, rewrite, request_header) change the
 // request in place; on the copy, a replay on legacy still gets the request
-// as the client sent it. The copy has its own URL and header map, whose
-// values are capped so an append copies rather than writing the client's
-// arrays. Copies are pooled so the request path does not allocate; the arm
-// must not keep the request once its ServeHTTP returns, which holds for
-// reverse_proxy (it sends its own clone upstream).
+// as the client sent it. The copy has its own URL and header map, and
+// header values of its own (vals), so not even an in-place edit of a value
+// reaches the client's request. Copies are pooled so the request path does
+// not allocate; the arm must not keep the request once its ServeHTTP
+// returns, which holds for reverse_proxy (it sends its own clone upstream).
 type armRequest struct {
-	req http.Request
-	url url.URL
-	hdr http.Header
+	req  http.Request
+	url  url.URL
+	hdr  http.Header
+	vals []string
 }
 
 var armRequests = sync.Pool{New: func() any { return &armRequest{hdr: make(http.Header)} }}
@@ -740,54 +828,37 @@ func getArmRequest(r *http.Request) *armRequest {
 		a.url = *r.URL
 		a.req.URL = &a.url
 	}
-	for k, v := range r.Header {
-		a.hdr[k] = v[:len(v):len(v)]
-	}
+	a.vals = copyHeader(a.hdr, r.Header, a.vals)
 	a.req.Header = a.hdr
 	return a
 }
 
 func putArmRequest(a *armRequest) {
 	clear(a.hdr)
+	clear(a.vals)
 	a.req, a.url = http.Request{}, url.URL{}
 	armRequests.Put(a)
 }
 
-// replayBody is a request body buffered in memory so the request can be
-// sent a second time.
-type replayBody struct {
-	*bytes.Reader
-	buf []byte
-}
-
-func (b *replayBody) Close() error { return nil }
-func (b *replayBody) rewind()      { b.Reset(b.buf) }
-
-// prepareReplay makes the request replayable if it can be: a request with
-// no body always can; one whose body fits in replay_max_body is buffered.
-// Idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) rarely carry a body,
-// but when they do it is buffered the same way, since a body already read
-// by consolidated cannot be sent again otherwise.
-func (h *Handler) prepareReplay(r *http.Request) bool {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "" {
-		return true
+// copyHeader copies src into dst with values of their own, taken from the
+// backing array vals, so neither side's in-place edit reaches the other;
+// it returns vals for reuse. Each value slice is capped, so an append
+// copies rather than running into its neighbour.
+func copyHeader(dst, src http.Header, vals []string) []string {
+	vals = vals[:0]
+	n := 0
+	for _, v := range src {
+		n += len(v)
 	}
-	if r.ContentLength > h.maxBody {
-		return false
+	if cap(vals) < n {
+		vals = make([]string, 0, n)
 	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, h.maxBody+1))
-	if err != nil || int64(len(buf)) > h.maxBody {
-		// Too large (or unreadable): hand on what was read, then the rest.
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
-		return false
+	for k, v := range src {
+		i := len(vals)
+		vals = append(vals, v...)
+		dst[k] = vals[i:len(vals):len(vals)]
 	}
-	r.Body.Close()
-	r.Body = &replayBody{Reader: bytes.NewReader(buf), buf: buf}
-	r.GetBody = func() (io.ReadCloser, error) { return &replayBody{Reader: bytes.NewReader(buf), buf: buf}, nil }
-	return true
+	return vals
 }
 
 // Interface guards.

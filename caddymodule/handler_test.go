@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
 	"github.com/leanvibe/switchback/health"
@@ -84,8 +85,16 @@ func TestReplayOnLegacy(t *testing.T) {
 			return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF)
 		}), 0, 200, "legacy", 1},
 		{"4xx passes through", "GET", "", answer(404, "nope"), 0, 404, "nope", 0},
-		{"POST under limit replayed", "POST", "abc", answer(500, "boom"), 8, 200, "legacy:abc", 1},
-		{"POST over limit not replayed", "POST", "abcdefghij", answer(500, "boom"), 8, 500, "boom", 0},
+		{"PUT under limit replayed", "PUT", "abc", answer(500, "boom"), 8, 200, "legacy:abc", 1},
+		{"PUT over limit not replayed", "PUT", "abcdefghij", answer(500, "boom"), 8, 500, "boom", 0},
+		{"POST 5xx not replayed", "POST", "abc", answer(500, "boom"), 8, 500, "boom", 0},
+		{"POST with Idempotency-Key replayed", "POST key", "abc", answer(500, "boom"), 8, 200, "legacy:abc", 1},
+		{"POST never received replayed", "POST", "abc", armFunc(func(http.ResponseWriter, *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, reverseproxy.DialError{})
+		}), 8, 200, "legacy:abc", 1},
+		{"4xx handler error not replayed", "GET", "", armFunc(func(http.ResponseWriter, *http.Request) error {
+			return caddyhttp.Error(http.StatusUnauthorized, nil)
+		}), 0, 401, "", 0},
 		{"streamed bytes not replayed", "GET", "", armFunc(func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(200)
 			io.WriteString(w, "partial")
@@ -108,7 +117,12 @@ func TestReplayOnLegacy(t *testing.T) {
 				h.maxBody = tc.maxBody
 			}
 			w := httptest.NewRecorder()
-			err := h.ServeHTTP(w, request(tc.method, tc.body), nil)
+			method, key := strings.CutSuffix(tc.method, " key")
+			req := request(method, tc.body)
+			if key {
+				req.Header.Set("Idempotency-Key", "k1")
+			}
+			err := h.ServeHTTP(w, req, nil)
 			status := w.Code
 			if err != nil {
 				status = err.(caddyhttp.HandlerError).StatusCode

@@ -241,8 +241,14 @@ type switchMetrics struct {
 
 	requests, failures [2]*metrics.Counter // by arm index
 	replays            *metrics.Counter
-	trips              map[string]*metrics.Counter // by rule
-	tripsMu            sync.Mutex
+	// Answers that never count against an arm, by arm index: the client
+	// went away, or a handler refused the request with a 4xx.
+	clientGone, clientErrors [2]*metrics.Counter
+	// Replay decisions on consolidated's failures, by reason. Built once,
+	// only read after.
+	replayed, notReplayed map[string]*metrics.Counter
+	trips                 map[string]*metrics.Counter // by rule
+	tripsMu               sync.Mutex
 }
 
 func armIndex(arm string) int {
@@ -258,6 +264,8 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 		labels := fmt.Sprintf(`{switch=%q,arm=%q}`, sw.name, arm)
 		m.requests[i] = m.set.NewCounter("switchback_requests_total" + labels)
 		m.failures[i] = m.set.NewCounter("switchback_failures_total" + labels)
+		m.clientGone[i] = m.set.NewCounter("switchback_client_aborts_total" + labels)
+		m.clientErrors[i] = m.set.NewCounter("switchback_client_errors_total" + labels)
 		m.set.NewGauge("switchback_window_error_rate"+labels, func() float64 {
 			if w := sw.win.Load(); w != nil {
 				return w.arm(arm).Stats(time.Now().UnixNano()).ErrorRate
@@ -273,6 +281,13 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	}
 	sl := fmt.Sprintf(`{switch=%q}`, sw.name)
 	m.replays = m.set.NewCounter("switchback_replays_total" + sl)
+	m.replayed, m.notReplayed = map[string]*metrics.Counter{}, map[string]*metrics.Counter{}
+	for _, r := range replayReasons {
+		m.replayed[r] = m.set.NewCounter(fmt.Sprintf(`switchback_replay_decisions_total{switch=%q,replayed="true",reason=%q}`, sw.name, r))
+	}
+	for _, r := range skipReasons {
+		m.notReplayed[r] = m.set.NewCounter(fmt.Sprintf(`switchback_replay_decisions_total{switch=%q,replayed="false",reason=%q}`, sw.name, r))
+	}
 	m.set.NewGauge("switchback_weight"+sl, func() float64 { return float64(sw.view.Load().weight) })
 	for _, mode := range []state.Mode{state.ModeSplit, state.ModeLegacy, state.ModeConsolidated} {
 		m.set.NewGauge(fmt.Sprintf(`switchback_mode{switch=%q,mode=%q}`, sw.name, mode), func() float64 {
@@ -294,6 +309,14 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 		m.trip(sw.name, rule)
 	}
 	return m
+}
+
+// decision returns the counter of one replay decision.
+func (m *switchMetrics) decision(reason string, replayed bool) *metrics.Counter {
+	if replayed {
+		return m.replayed[reason]
+	}
+	return m.notReplayed[reason]
 }
 
 // trip returns the trips_total counter of a rule.
