@@ -418,6 +418,7 @@ func (a *App) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	a.writeRollbackMetrics(&buf)
+	goroutinePanics.WritePrometheus(&buf)
 	_, err := w.Write(buf.Bytes())
 	return err
 }

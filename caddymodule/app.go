@@ -187,8 +187,8 @@ func DefaultStatePath() string {
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
-	go a.syncLoop(ctx)
-	go a.pendingLoop(ctx)
+	goLoop(ctx, a.logger, taskStoreSync, a.syncLoop)
+	goLoop(ctx, a.logger, taskPendingWrite, a.pendingLoop)
 	if a.cache != nil {
 		go a.cache.run(ctx, a.snapshotSwitches)
 	}
@@ -477,7 +477,7 @@ func (a *App) storeOK() {
 		a.logger.Info("state store reachable again", zap.String("store", a.store.Describe()), zap.Duration("outage", time.Since(a.rt.storeSince)))
 		a.rt.storeErr, a.rt.storeSince = "", time.Now()
 		if a.rt.secretEphemeral.Load() {
-			go a.refreshSecret(a.ctx)
+			goTask(a.logger, taskSecret, func() { a.refreshSecret(a.ctx) })
 		}
 	}
 }

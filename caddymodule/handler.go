@@ -252,17 +252,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		OnTrip:       h.tripped,
 	})
 	if h.Trip == nil || !h.Trip.Off {
-		go h.monitor.Run(ctx)
-		go h.legacyWatchLoop(ctx)
+		goLoop(ctx, h.logger, taskMonitor, h.monitor.Run)
+		goLoop(ctx, h.logger, taskLegacyWatch, h.legacyWatchLoop)
 	}
 	if h.Probe != nil {
-		h.startProbe(ctx)
+		if err := h.startProbe(ctx); err != nil {
+			return err
+		}
 	}
 	if err := h.app.configure(ctx, sw, h); err != nil {
 		return err
 	}
 	if h.AutoRecover != nil {
-		go h.autoRecoverLoop(ctx)
+		goLoop(ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
 	}
 	return nil
 }

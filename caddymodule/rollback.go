@@ -72,7 +72,7 @@ func (a *App) provisionRollback() error {
 // background, so a gateway start never serves a mixed tree for long and
 // never blocks on it.
 func (a *App) startRollback(ctx context.Context) {
-	go func() {
+	goTask(a.logger, taskRecovery, func() {
 		ops, err := a.restore.Recover(ctx)
 		if err != nil && !errors.Is(err, state.ErrLockHeld) {
 			a.logger.Error("recovering unfinished restores", zap.Error(err))
@@ -80,7 +80,7 @@ func (a *App) startRollback(ctx context.Context) {
 		for _, op := range ops {
 			a.logger.Warn("finished a restore interrupted by a crash", zap.String("op", op.ID), zap.String("status", string(op.Status)))
 		}
-	}()
+	})
 }
 
 // runRestoreAction runs an on_trip "restore" action.

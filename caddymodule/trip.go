@@ -39,7 +39,7 @@ func (h *Handler) tripped(v health.Verdict) {
 		return
 	}
 	h.sw.metrics.trip(h.Name, v.Rule).Inc()
-	go func() {
+	goTask(h.logger, taskTrip, func() {
 		fields := []zap.Field{zap.String("rule", v.Rule), zap.String("reason", v.Reason), zap.String("gateway", h.app.gateway)}
 		if legacyBad {
 			h.logger.Error("switch tripped to legacy, but LEGACY ALSO UNHEALTHY", append(fields, zap.String("legacy", legacyWhy))...)
@@ -52,7 +52,7 @@ func (h *Handler) tripped(v health.Verdict) {
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
 		h.app.emit("switchback.tripped", data)
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
-	}()
+	})
 }
 
 // legacyHealth says whether legacy is failing too, by its window and its
@@ -247,13 +247,30 @@ func (h *Handler) recovered(rec state.Switch) {
 	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
 	data := map[string]any{"event": "recovered", "switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
 	h.app.emit("switchback.recovered", data)
-	go h.runActions(h.ctx, "on_recover", h.OnRecover, data)
+	goTask(h.logger, taskActions, func() { h.runActions(h.ctx, "on_recover", h.OnRecover, data) })
 }
 
 // startProbe starts the active probe of an arm. The probe is sent through
 // the arm's own handler chain rather than to an address, so it checks what
 // users of that arm would get, through the same reverse_proxy and options.
-func (h *Handler) startProbe(ctx caddy.Context) {
+//
+// A handler may expect of a request what Caddy's Server.ServeHTTP gives it
+// (caddyhttp.PrepareRequest): the *caddyhttp.Server that serves it (
+// reverse_proxy reads its log settings, invoke its named routes), the
+// replacer with the http.* placeholders, the vars with the client IP, the
+// route groups, the original request and the extra log fields. So the
+// probe's request is prepared with the very Server the switch is served
+// by. Caddy's http app provisions each server's routes under a context
+// that holds that server (caddyhttp.ServerCtxKey), and the handler's own
+// context is derived from it, so Provision can take it from there: it is
+// the real server, not a stand-in whose zero fields might differ from
+// what a real request sees. A switch provisioned outside an http server
+// has no such server, and a probe there is a config error.
+func (h *Handler) startProbe(ctx caddy.Context) error {
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil {
+		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
+	}
 	arm := h.legacy
 	if h.Probe.Arm == armConsolidated {
 		arm = h.consolidated
@@ -274,22 +291,42 @@ func (h *Handler) startProbe(ctx caddy.Context) {
 		URL:      "http://switchback-probe" + h.Probe.Path,
 		Interval: interval,
 		Timeout:  timeout,
-		Client:   &http.Client{Transport: armTransport{arm: arm}, Timeout: timeout},
+		Client:   &http.Client{Transport: armTransport{arm: arm, server: srv, logger: h.logger}, Timeout: timeout},
 	}
-	go h.probe.Run(ctx)
+	goLoop(ctx, h.logger, taskProbe, h.probe.Run)
+	return nil
 }
 
 // armTransport is an http.RoundTripper that serves a request with an arm's
-// handler chain in process.
+// handler chain in process, as the server would serve a request from this
+// host.
 type armTransport struct {
-	arm caddyhttp.MiddlewareHandler
+	arm    caddyhttp.MiddlewareHandler
+	server *caddyhttp.Server
+	logger *zap.Logger
 }
 
-func (t armTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+// probeRemoteAddr is the client address of a probe: the gateway itself.
+const probeRemoteAddr = "127.0.0.1:0"
+
+func (t armTransport) RoundTrip(r *http.Request) (resp *http.Response, err error) {
+	// An arm that panics fails the probe, as it would fail a request (the
+	// http server recovers a handler's panic), and never ends the probe
+	// loop. http.ErrAbortHandler is how reverse_proxy gives up on a
+	// broken upstream stream: an arm failure, not a fault of ours.
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				notePanic(t.logger, taskProbe, v)
+			}
+			resp, err = nil, fmt.Errorf("the arm panicked: %v", v)
+		}
+	}()
+	r.RemoteAddr = probeRemoteAddr
+	r.RequestURI = r.URL.RequestURI()
 	w := httptest.NewRecorder()
-	repl := caddy.NewReplacer()
-	r = caddyhttp.PrepareRequest(r, repl, w, nil)
-	err := t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, t.server)
+	err = t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("arm did not answer the probe"))
 	}))
 	if err != nil {
