@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/leanvibe/switchback/health"
 	"github.com/leanvibe/switchback/state"
 )
 
@@ -192,7 +193,7 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		rec.History = nil
 	}
 	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}}
-	now := time.Now().UnixNano()
+	now := health.Now()
 	h := sw.handler.Load()
 	if win := sw.win.Load(); win != nil {
 		for _, arm := range []string{armLegacy, armConsolidated} {

@@ -517,7 +517,7 @@ func (h *Handler) observe(arm string, start time.Time, rec *recorder, failed boo
 		end = time.Now()
 	}
 	latency := end.Sub(start)
-	now := end.UnixNano()
+	now := health.Mono(end) // monotonic: a wall clock step must not move the windows
 	i := armIndex(arm)
 	h.sw.metrics.requests[i].Inc()
 	if failed {

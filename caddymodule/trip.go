@@ -21,7 +21,7 @@ import (
 // logs and actions follow on their own goroutine.
 func (h *Handler) tripped(v health.Verdict) {
 	now := time.Now().UTC()
-	legacyBad, legacyWhy := h.legacyHealth(now)
+	legacyBad, legacyWhy := h.legacyHealth(health.Now())
 	trip := func(cur *state.Switch) bool {
 		if cur.Mode == state.ModeLegacy && cur.Tripped {
 			return false // tripped already, here or elsewhere
@@ -55,10 +55,10 @@ func (h *Handler) tripped(v health.Verdict) {
 	})
 }
 
-// legacyHealth says whether legacy is failing too, by its window and its
-// probe, with a reason for the record.
-func (h *Handler) legacyHealth(now time.Time) (bool, string) {
-	if bad, why := h.monitor.LegacyUnhealthy(now.UnixNano()); bad {
+// legacyHealth says whether legacy is failing too at now (on the clock of
+// health.Now), by its window and its probe, with a reason for the record.
+func (h *Handler) legacyHealth(now int64) (bool, string) {
+	if bad, why := h.monitor.LegacyUnhealthy(now); bad {
 		return true, "legacy also unhealthy: " + why
 	}
 	if h.probe != nil && h.Probe.Arm == armLegacy && !h.probe.Healthy() {
@@ -98,7 +98,7 @@ func (h *Handler) legacyWatchLoop(ctx context.Context) {
 // watchLegacyFailure marks a tripped switch's legacy unhealthy when it
 // breaks the rules or its probe fails.
 func (h *Handler) watchLegacyFailure(ctx context.Context, rec state.Switch, now time.Time) {
-	bad, why := h.legacyHealth(now)
+	bad, why := h.legacyHealth(health.Mono(now))
 	if !bad {
 		return
 	}
@@ -123,8 +123,8 @@ func (h *Handler) watchLegacyFailure(ctx context.Context, rec state.Switch, now 
 // not how it once was, and a legacy hovering at a threshold does not flap.
 // It returns the new start of legacy's healthy run.
 func (h *Handler) watchLegacyRecovery(ctx context.Context, rec state.Switch, now, goodSince time.Time) time.Time {
-	bad, _ := h.legacyHealth(now)
-	if bad || !h.monitor.LegacyHealthy(now.UnixNano()) {
+	bad, _ := h.legacyHealth(health.Mono(now))
+	if bad || !h.monitor.LegacyHealthy(health.Mono(now)) {
 		return time.Time{}
 	}
 	if goodSince.IsZero() {
@@ -178,6 +178,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 	}
 	tick := time.NewTicker(min(after/10, 500*time.Millisecond))
 	defer tick.Stop()
+	var clock stateClock
 	for {
 		select {
 		case <-ctx.Done():
@@ -185,7 +186,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		rec, _ := h.sw.Record()
-		if !rec.Tripped || time.Since(rec.Since) < after {
+		if !rec.Tripped || clock.age(rec.Since, time.Now(), health.Now()) < after {
 			continue
 		}
 		now := time.Now().UTC()
@@ -209,7 +210,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 			h.monitor.Rearm()
 			h.logger.Warn("auto_recover: half-open", zap.Int("probe_weight", probeWeight), zap.Error(err))
 		case state.ModeSplit:
-			st := h.sw.win.Load().consolidated.Stats(now.UnixNano())
+			st := h.sw.win.Load().consolidated.Stats(health.Now())
 			if !h.monitor.Armed() || st.Requests == 0 {
 				continue // tripped again, or nothing to judge yet
 			}
@@ -238,6 +239,27 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// stateClock times how long a switch has been in the state its record
+// began at Since. Since is wall-clock time, perhaps another host's, so its
+// age is read from the wall clock once, when this process first sees that
+// Since, and from then on advanced by the monotonic clock: a clock step
+// afterwards neither cuts auto_recover's cool-down short nor stretches
+// it. A Since in the future (a host whose clock runs ahead) counts as now.
+type stateClock struct {
+	since time.Time     // the Since being timed
+	age0  time.Duration // its age when first seen
+	mono0 int64         // health.Now() then
+}
+
+// age returns the age of since at wallNow (time.Now()) and mono
+// (health.Now(), read at the same moment).
+func (c *stateClock) age(since, wallNow time.Time, mono int64) time.Duration {
+	if !c.since.Equal(since) {
+		c.since, c.age0, c.mono0 = since, max(wallNow.Round(0).Sub(since), 0), mono
+	}
+	return c.age0 + time.Duration(mono-c.mono0)
 }
 
 // recovered logs, emits and runs on_recover after a recovery on this
