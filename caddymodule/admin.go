@@ -195,7 +195,7 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		rec.History = nil
 	}
 	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}}
-	now := time.Now().UnixNano()
+	now := health.Now()
 	h := sw.handler.Load()
 	if win := sw.win.Load(); win != nil {
 		for _, arm := range []string{armLegacy, armConsolidated} {
@@ -430,6 +430,7 @@ func (a *App) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	a.writeRollbackMetrics(&buf)
+	goroutinePanics.WritePrometheus(&buf)
 	_, err := w.Write(buf.Bytes())
 	return err
 }

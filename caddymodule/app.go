@@ -182,7 +182,7 @@ func (a *App) commit() {
 		h.commit()
 	}
 	if a.rt.secretEphemeral.Load() {
-		go a.refreshSecret(a.ctx)
+		goTask(a.logger, taskSecret, func() { a.refreshSecret(a.ctx) })
 	}
 }
 
@@ -240,10 +240,10 @@ func (a *App) Start() error {
 	}
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
-	go a.syncLoop(ctx)
-	go a.pendingLoop(ctx)
+	goLoop(ctx, a.logger, taskStoreSync, a.syncLoop)
+	goLoop(ctx, a.logger, taskPendingWrite, a.pendingLoop)
 	if a.cache != nil {
-		go a.cache.run(ctx, a.snapshotSwitches)
+		goLoop(ctx, a.logger, taskCacheWriter, func(ctx context.Context) { a.cache.run(ctx, a.snapshotSwitches) })
 	}
 	a.startRollback(ctx)
 	return nil
@@ -546,7 +546,7 @@ func (a *App) storeOK() {
 		// Before commit the registry may still be filling; commit
 		// refreshes the key itself.
 		if a.rt.secretEphemeral.Load() && a.rt.committed.Load() {
-			go a.refreshSecret(a.ctx)
+			goTask(a.logger, taskSecret, func() { a.refreshSecret(a.ctx) })
 		}
 	}
 }

@@ -313,6 +313,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
+	if h.Probe != nil && ctx.Value(caddyhttp.ServerCtxKey) == nil {
+		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
+	}
 	// The windows and monitor are this config's own until commit: a
 	// config that changes the window gets new ones, published then.
 	h.win = sw.windowsFor(rules.buckets, rules.Window/time.Duration(rules.buckets))
@@ -344,17 +347,19 @@ func (h *Handler) commit() {
 		h.signer.Store(h.signer.Load().after(prev.signer.Load(), time.Now()))
 	}
 	if h.Trip == nil || !h.Trip.Off {
-		go h.monitor.Run(h.ctx)
-		go h.legacyWatchLoop(h.ctx)
+		goLoop(h.ctx, h.logger, taskMonitor, h.monitor.Run)
+		goLoop(h.ctx, h.logger, taskLegacyWatch, h.legacyWatchLoop)
 	}
 	if h.Probe != nil {
-		h.startProbe(h.ctx)
+		if err := h.startProbe(h.ctx); err != nil {
+			h.logger.Error("probe not started", zap.Error(err)) // Provision checked the server; not reached
+		}
 	}
 	if err := h.app.configure(h.ctx, sw, h); err != nil {
 		h.logger.Error("config not applied to the switch's stored state; serving on its last known state", zap.Error(err))
 	}
 	if h.AutoRecover != nil {
-		go h.autoRecoverLoop(h.ctx)
+		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
 	}
 }
 
@@ -718,7 +723,7 @@ func (h *Handler) observe(arm string, start time.Time, rec *recorder, out outcom
 		end = time.Now()
 	}
 	latency := end.Sub(start)
-	now := end.UnixNano()
+	now := health.Mono(end) // monotonic: a wall clock step must not move the windows
 	h.sw.metrics.requests[i].Inc()
 	if failed {
 		h.sw.metrics.failures[i].Inc()

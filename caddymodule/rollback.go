@@ -97,7 +97,7 @@ const recoverRetry = 5 * time.Second
 // it tries again until it gets it (or the app stops); other hosts'
 // unfinished operations are logged, never touched.
 func (a *App) startRollback(ctx context.Context) {
-	go func() {
+	goTask(a.logger, taskRecovery, func() {
 		if un, err := a.restore.Unfinished(ctx); err == nil {
 			for _, op := range un {
 				a.logger.Warn("another host's operation is unfinished; it is that host's to recover", zap.String("op", op.ID), zap.String("kind", op.Kind), zap.String("host", op.Host))
@@ -124,7 +124,7 @@ func (a *App) startRollback(ctx context.Context) {
 			}
 			pause = min(2*pause, recoverRetry)
 		}
-	}()
+	})
 }
 
 // runRestoreAction runs an on_trip "restore" action.

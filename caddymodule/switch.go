@@ -268,13 +268,13 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 		m.clientErrors[i] = m.set.NewCounter("switchback_client_errors_total" + labels)
 		m.set.NewGauge("switchback_window_error_rate"+labels, func() float64 {
 			if w := sw.win.Load(); w != nil {
-				return w.arm(arm).Stats(time.Now().UnixNano()).ErrorRate
+				return w.arm(arm).Stats(health.Now()).ErrorRate
 			}
 			return 0
 		})
 		m.set.NewGauge("switchback_window_p99_seconds"+labels, func() float64 {
 			if w := sw.win.Load(); w != nil {
-				return w.arm(arm).Stats(time.Now().UnixNano()).P99.Seconds()
+				return w.arm(arm).Stats(health.Now()).P99.Seconds()
 			}
 			return 0
 		})
