@@ -80,6 +80,7 @@ http://{HTTP} {
 	}
 	header >X-Switchback-Arm {http.switchback.arm}
 }
+{EXTRA_SITE}
 `
 
 // hostileRun is one run of the hostile load against a gateway.
@@ -171,7 +172,7 @@ func TestHostileTraffic(t *testing.T) {
 	}
 	cfg := GatewayConfig{
 		Template: hostileTemplate,
-		Extra:    map[string]string{"LEGACY": h.legacy.Addr(), "CONSOLIDATED": h.consolidated.Addr(), "WEIGHT": "50"},
+		Extra:    map[string]string{"LEGACY": h.legacy.Addr(), "CONSOLIDATED": h.consolidated.Addr(), "WEIGHT": "50", "EXTRA_SITE": ""},
 	}
 	g := StartGateway(t, cfg)
 	h.gw = g.HTTP
@@ -288,6 +289,24 @@ func TestHostileTraffic(t *testing.T) {
 		}
 		return nil
 	})
+
+	// A rejected reload: weight 80 and a site on a port in use, so the
+	// config provisions and then fails to start. It must change nothing:
+	// the weight stays 40 and the switch can still trip (the fault below).
+	sleepUntil(5500 * time.Millisecond)
+	cfg.Extra["WEIGHT"], cfg.Extra["EXTRA_SITE"] = "80", "http://"+h.legacy.Addr()+" {\n\trespond 200\n}"
+	g.WriteConfig(cfg)
+	t.Logf("%s: a rejected reload (admin /load, weight 80, a port in use)", at())
+	if err := adminLoadCaddyfile(g); err == nil {
+		t.Errorf("a config with a site on a port in use loaded")
+	}
+	cfg.Extra["WEIGHT"], cfg.Extra["EXTRA_SITE"] = "40", ""
+	g.WriteConfig(cfg)
+	rejectedWeight := g.Switch(t, "main").Weight
+	t.Logf("assert rejected reload: weight %d after it, want 40", rejectedWeight)
+	if rejectedWeight != 40 {
+		t.Errorf("a rejected reload changed the running switch's weight to %d, want 40", rejectedWeight)
+	}
 
 	// The failover: a fault on consolidated until the switch trips.
 	sleepUntil(7 * time.Second)
