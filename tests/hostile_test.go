@@ -32,6 +32,9 @@ import (
 // Each arm sends /bidi to its upstream over h2c (a full-duplex stream
 // needs HTTP/2 end to end) and everything else over HTTP/1.1, which
 // websockets need; Expect: 100-continue waits for the upstream's answer.
+// stream_close_delay keeps a websocket open across a reload (without it
+// Caddy closes every upgraded stream with 1001 Going Away at a reload,
+// with or without switchback).
 // Legacy is probed, as the README suggests, so probes run through
 // the arms across the reloads and the trip.
 const hostileTemplate = `{
@@ -63,6 +66,7 @@ http://{HTTP} {
 				transport http {
 					expect_continue_timeout 5s
 				}
+				stream_close_delay 30s
 			}
 		}
 		consolidated {
@@ -75,6 +79,7 @@ http://{HTTP} {
 				transport http {
 					expect_continue_timeout 5s
 				}
+				stream_close_delay 30s
 			}
 		}
 	}
