@@ -32,6 +32,9 @@ import (
 // Each arm sends /bidi to its upstream over h2c (a full-duplex stream
 // needs HTTP/2 end to end) and everything else over HTTP/1.1, which
 // websockets need; Expect: 100-continue waits for the upstream's answer.
+// stream_close_delay keeps a websocket open across a reload (without it
+// Caddy closes every upgraded stream with 1001 Going Away at a reload,
+// with or without switchback).
 // Legacy is probed, as the README suggests, so probes run through
 // the arms across the reloads and the trip.
 const hostileTemplate = `{
@@ -63,6 +66,7 @@ http://{HTTP} {
 				transport http {
 					expect_continue_timeout 5s
 				}
+				stream_close_delay 30s
 			}
 		}
 		consolidated {
@@ -75,11 +79,13 @@ http://{HTTP} {
 				transport http {
 					expect_continue_timeout 5s
 				}
+				stream_close_delay 30s
 			}
 		}
 	}
 	header >X-Switchback-Arm {http.switchback.arm}
 }
+{EXTRA_SITE}
 `
 
 // hostileRun is one run of the hostile load against a gateway.
@@ -171,7 +177,7 @@ func TestHostileTraffic(t *testing.T) {
 	}
 	cfg := GatewayConfig{
 		Template: hostileTemplate,
-		Extra:    map[string]string{"LEGACY": h.legacy.Addr(), "CONSOLIDATED": h.consolidated.Addr(), "WEIGHT": "50"},
+		Extra:    map[string]string{"LEGACY": h.legacy.Addr(), "CONSOLIDATED": h.consolidated.Addr(), "WEIGHT": "50", "EXTRA_SITE": ""},
 	}
 	g := StartGateway(t, cfg)
 	h.gw = g.HTTP
@@ -288,6 +294,24 @@ func TestHostileTraffic(t *testing.T) {
 		}
 		return nil
 	})
+
+	// A rejected reload: weight 80 and a site on a port in use, so the
+	// config provisions and then fails to start. It must change nothing:
+	// the weight stays 40 and the switch can still trip (the fault below).
+	sleepUntil(5500 * time.Millisecond)
+	cfg.Extra["WEIGHT"], cfg.Extra["EXTRA_SITE"] = "80", "http://"+h.legacy.Addr()+" {\n\trespond 200\n}"
+	g.WriteConfig(cfg)
+	t.Logf("%s: a rejected reload (admin /load, weight 80, a port in use)", at())
+	if err := adminLoadCaddyfile(g); err == nil {
+		t.Errorf("a config with a site on a port in use loaded")
+	}
+	cfg.Extra["WEIGHT"], cfg.Extra["EXTRA_SITE"] = "40", ""
+	g.WriteConfig(cfg)
+	rejectedWeight := g.Switch(t, "main").Weight
+	t.Logf("assert rejected reload: weight %d after it, want 40", rejectedWeight)
+	if rejectedWeight != 40 {
+		t.Errorf("a rejected reload changed the running switch's weight to %d, want 40", rejectedWeight)
+	}
 
 	// The failover: a fault on consolidated until the switch trips.
 	sleepUntil(7 * time.Second)
