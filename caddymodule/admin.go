@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/leanvibe/switchback/health"
 	"github.com/leanvibe/switchback/state"
 )
 
@@ -179,9 +180,11 @@ type RuleStatus struct {
 	LatencyQuantile     float64 `json:"latency_quantile,omitempty"`
 	LatencyMS           float64 `json:"latency_ms,omitempty"`
 	ConsecutiveFailures uint64  `json:"consecutive_failures,omitempty"`
-	MinRequests         uint64  `json:"min_requests"`
-	Window              string  `json:"window"`
-	AutoRecover         bool    `json:"auto_recover,omitempty"`
+	// RulesOff names the rules not in effect (with a zero above).
+	RulesOff    []string `json:"rules_off,omitempty"`
+	MinRequests uint64   `json:"min_requests"`
+	Window      string   `json:"window"`
+	AutoRecover bool     `json:"auto_recover,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -192,7 +195,7 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		rec.History = nil
 	}
 	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}}
-	now := time.Now().UnixNano()
+	now := health.Now()
 	h := sw.handler.Load()
 	if win := sw.win.Load(); win != nil {
 		for _, arm := range []string{armLegacy, armConsolidated} {
@@ -216,6 +219,15 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 			ErrorRate: r.ErrorRate, LatencyQuantile: r.LatencyQuantile, LatencyMS: ms(r.LatencyLimit),
 			ConsecutiveFailures: r.ConsecutiveFailures, MinRequests: r.MinRequests, Window: r.Window.String(),
 			AutoRecover: h.AutoRecover != nil,
+		}
+		if r.ErrorRate == 0 {
+			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleErrorRate)
+		}
+		if r.LatencyQuantile == 0 {
+			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleLatency)
+		}
+		if r.ConsecutiveFailures == 0 {
+			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleConsecutiveFailures)
 		}
 	}
 	return st
@@ -418,6 +430,7 @@ func (a *App) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	a.writeRollbackMetrics(&buf)
+	goroutinePanics.WritePrometheus(&buf)
 	_, err := w.Write(buf.Bytes())
 	return err
 }

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/leanvibe/switchback/restore"
 	"github.com/leanvibe/switchback/state"
@@ -18,15 +21,24 @@ import (
 //	GET  points[?limit=N&type=T]        list rollback points, newest first
 //	POST points                         create a point: {"type","component","metadata","tags","trigger"}
 //	GET  points/{id}                    one point
-//	POST points/{id}/verify             re-hash a point's objects
-//	POST points/verify                  verify every point
-//	POST points/{id}/rollback           restore: {"trigger","reason","force","dry_run","only"}
+//	POST points/{id}/verify             re-hash a point's objects: {"repair"}
+//	POST points/verify                  verify every point: {"repair"}
+//	POST points/{id}/rollback           restore: {"trigger","reason","force","dry_run","only","wait"}
 //	POST emergency                      {"reason"}
 //	POST cleanup                        {"keep_count","keep_days","dry_run"}
 //	POST validate                       {"level"}
 //	GET  operations[?limit=N]           operation records, newest first
 //	GET  operations/{id}                one record
 //	GET  operations/{id}/report         its incident report, in Markdown
+//
+// VerifyRequest is the body of POST points/{id}/verify and points/verify.
+// An empty body only verifies.
+type VerifyRequest struct {
+	// Repair rewrites missing or corrupt objects from live files whose
+	// content hashes to them, and reports what it repaired and what not.
+	Repair bool `json:"repair,omitempty"`
+}
+
 func (a *App) handleRollbackAPI(w http.ResponseWriter, r *http.Request, parts []string) error {
 	switch {
 	case len(parts) == 1 && parts[0] == "points":
@@ -49,7 +61,15 @@ func (a *App) handleRollbackAPI(w http.ResponseWriter, r *http.Request, parts []
 		if err := method(r, http.MethodPost); err != nil {
 			return err
 		}
-		reps, err := a.restore.VerifyAll(r.Context())
+		var req VerifyRequest
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
+		verify := a.restore.VerifyAll
+		if req.Repair {
+			verify = a.restore.RepairAll
+		}
+		reps, err := verify(r.Context())
 		return writeResult(w, reps, err)
 	case len(parts) == 2 && parts[0] == "points":
 		if err := method(r, http.MethodGet); err != nil {
@@ -64,7 +84,15 @@ func (a *App) handleRollbackAPI(w http.ResponseWriter, r *http.Request, parts []
 		if err := method(r, http.MethodPost); err != nil {
 			return err
 		}
-		rep, err := a.restore.VerifyPoint(r.Context(), parts[1])
+		var req VerifyRequest
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
+		verify := a.restore.VerifyPoint
+		if req.Repair {
+			verify = a.restore.RepairPoint
+		}
+		rep, err := verify(r.Context(), parts[1])
 		return writeResult(w, rep, err)
 	case len(parts) == 3 && parts[0] == "points" && parts[2] == "rollback":
 		if err := method(r, http.MethodPost); err != nil {
@@ -176,10 +204,13 @@ type RollbackRequest struct {
 	Force   bool     `json:"force,omitempty"`
 	DryRun  bool     `json:"dry_run,omitempty"`
 	Only    []string `json:"only,omitempty"`
+	// Wait is how long to wait for the restore lock while another
+	// restore holds it (default: fail at once).
+	Wait caddy.Duration `json:"wait,omitempty"`
 }
 
 func (r RollbackRequest) options() restore.RollbackOptions {
-	return restore.RollbackOptions{Trigger: r.Trigger, Reason: r.Reason, Force: r.Force, DryRun: r.DryRun, Only: r.Only}
+	return restore.RollbackOptions{Trigger: r.Trigger, Reason: r.Reason, Force: r.Force, DryRun: r.DryRun, Only: r.Only, LockWait: time.Duration(r.Wait)}
 }
 
 // emergency runs an emergency rollback with this gateway's switches as
@@ -226,7 +257,7 @@ func errStatus(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, restore.ErrValidationFailed):
 		return StatusValidationFailed
-	case errors.Is(err, restore.ErrVerifyFailed):
+	case errors.Is(err, restore.ErrVerifyFailed), errors.Is(err, restore.ErrForeignPoint), errors.Is(err, restore.ErrUnfinished):
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, state.ErrUnavailable):
 		return http.StatusServiceUnavailable

@@ -43,6 +43,12 @@ type App struct {
 	// name).
 	Gateway string `json:"gateway,omitempty"`
 
+	// LockWait is how long an automatic restore (on_trip restore) waits
+	// for the fleet's restore lock while another gateway restores, so the
+	// fleet restores one host at a time (default 10m). A manual rollback
+	// waits only when asked to (--wait).
+	LockWait caddy.Duration `json:"lock_wait,omitempty"`
+
 	// Backups is the directory that holds rollback points: objects and
 	// manifests (default: switchback/backups under Caddy's data directory).
 	Backups string `json:"backups,omitempty"`
@@ -76,6 +82,7 @@ type App struct {
 	restore  *restore.Manager
 	gateway  string
 	registry map[string]*Switch // this config's switches, filled during provisioning
+	handlers []*Handler         // their handlers, applied to the switches at commit
 	events   *caddyevents.App
 
 	rt *appRuntime
@@ -88,6 +95,10 @@ type appRuntime struct {
 	storeMu    sync.Mutex // guards storeErr, storeSince
 	storeErr   string
 	storeSince time.Time
+
+	// committed is set once Caddy has committed this config: its
+	// handlers are then the ones in force on their switches.
+	committed atomic.Bool
 
 	secretOnce      sync.Once
 	secret          []byte
@@ -134,7 +145,45 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if ev, err := ctx.App("events"); err == nil {
 		a.events, _ = ev.(*caddyevents.App)
 	}
+	if a.events != nil {
+		// Caddy emits "started" once every app of the config has
+		// started, just before it makes the config the running one: the
+		// commit point (see commit).
+		if err := a.events.On("started", committer{a}); err != nil {
+			return fmt.Errorf("subscribing to the config's start: %w", err)
+		}
+	}
 	return a.provisionRollback()
+}
+
+// committer is the events handler that commits the app's config.
+type committer struct{ a *App }
+
+func (c committer) Handle(context.Context, caddy.Event) error {
+	c.a.commit()
+	return nil
+}
+
+// commit applies this config's switch configs to the live switches. It
+// runs once Caddy has committed the config: on Caddy's "started" event,
+// which comes after every app of the config has started and before the
+// config becomes the running one. Until then nothing shared or durable
+// is touched: provisioning fills only this config's own registry, so a
+// config that fails to load, in any app's Provision or Start, leaves the
+// running config exactly as it was, windows, monitor and store included.
+// (A config can still fail after "started", in Caddy's remote admin or
+// config loader setup; those are rarely used with switchback and not
+// covered.)
+func (a *App) commit() {
+	if !a.rt.committed.CompareAndSwap(false, true) {
+		return
+	}
+	for _, h := range a.handlers {
+		h.commit()
+	}
+	if a.rt.secretEphemeral.Load() {
+		goTask(a.logger, taskSecret, func() { a.refreshSecret(a.ctx) })
+	}
 }
 
 // setUp does what the gateway and the offline CLI share: it names the
@@ -183,14 +232,18 @@ func DefaultStatePath() string {
 	return filepath.Join(caddy.AppDataDir(), "switchback", "state.db")
 }
 
-// Start starts keeping switch state in step with the store.
+// Start starts keeping switch state in step with the store. Without an
+// events app (it is always there when Provision ran) it also commits.
 func (a *App) Start() error {
+	if a.events == nil {
+		defer a.commit()
+	}
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
-	go a.syncLoop(ctx)
-	go a.pendingLoop(ctx)
+	goLoop(ctx, a.logger, taskStoreSync, a.syncLoop)
+	goLoop(ctx, a.logger, taskPendingWrite, a.pendingLoop)
 	if a.cache != nil {
-		go a.cache.run(ctx, a.snapshotSwitches)
+		goLoop(ctx, a.logger, taskCacheWriter, func(ctx context.Context) { a.cache.run(ctx, a.snapshotSwitches) })
 	}
 	a.startRollback(ctx)
 	return nil
@@ -218,8 +271,9 @@ func (a *App) Cleanup() error {
 }
 
 // register adds a handler's switch to this config, taking the live Switch
-// of that name from the pool (or making it).
-func (a *App) register(ctx caddy.Context, h *Handler) (*Switch, error) {
+// of that name from the pool (or making it). It changes nothing on the
+// switch: the handler takes over at commit.
+func (a *App) register(h *Handler) (*Switch, error) {
 	if _, dup := a.registry[h.Name]; dup {
 		return nil, fmt.Errorf("switch %s is defined twice: switch names must be unique", h.Name)
 	}
@@ -230,12 +284,25 @@ func (a *App) register(ctx caddy.Context, h *Handler) (*Switch, error) {
 		return nil, err
 	}
 	sw := val.(*Switch)
-	sw.handler.Store(h)
 	a.registry[h.Name] = sw
+	a.handlers = append(a.handlers, h)
 	return sw, nil
 }
 
-// configure settles a switch's state at config load: the stored state wins,
+// checkRecord reads a switch's stored record, if the store answers, so a
+// record that cannot be decoded fails the config at load, as it would
+// fail configure at commit. It only reads.
+func (a *App) checkRecord(ctx context.Context, name string) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, _, err := state.GetSwitch(rctx, a.store, name)
+	if err == nil || errors.Is(err, state.ErrNotFound) || errors.Is(err, state.ErrUnavailable) {
+		return nil
+	}
+	return fmt.Errorf("switch %s: loading its state: %w", name, err)
+}
+
+// configure settles a switch's state when its config is committed: the stored state wins,
 // except for a mode or weight whose config value changed since it was
 // stored. With no stored state, the config's values are the state.
 func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
@@ -476,8 +543,10 @@ func (a *App) storeOK() {
 	if a.rt.degraded.Swap(false) {
 		a.logger.Info("state store reachable again", zap.String("store", a.store.Describe()), zap.Duration("outage", time.Since(a.rt.storeSince)))
 		a.rt.storeErr, a.rt.storeSince = "", time.Now()
-		if a.rt.secretEphemeral.Load() {
-			go a.refreshSecret(a.ctx)
+		// Before commit the registry may still be filling; commit
+		// refreshes the key itself.
+		if a.rt.secretEphemeral.Load() && a.rt.committed.Load() {
+			goTask(a.logger, taskSecret, func() { a.refreshSecret(a.ctx) })
 		}
 	}
 }
@@ -502,27 +571,48 @@ func (a *App) storeStatus() StoreStatus {
 
 // cookieSecret returns the key that signs sticky cookies. It lives in the
 // store, so all gateways of a fleet share it and a restart keeps users on
-// their arm. If the store is down at first use, a random key serves this
-// process and cookies are re-issued later.
+// their arm. If the store is down at first use, the key this process used
+// with that store before (the config before a reload) serves on; failing
+// that, a random key serves this process and cookies are signed again
+// with the fleet's once the store returns (refreshSecret).
 func (a *App) cookieSecret(ctx context.Context) ([]byte, error) {
 	a.rt.secretOnce.Do(func() {
 		secret, err := a.loadSecret(ctx)
 		switch {
 		case err == nil:
 			a.rt.secret = secret
+			cookieKeys.Store(a.store.Describe(), cookieKey{secret: secret})
 		case errors.Is(err, state.ErrUnavailable):
+			a.storeFailed(err)
+			if k, ok := cookieKeys.Load(a.store.Describe()); ok {
+				// A reload during an outage: keep the key in use, so no
+				// user is moved.
+				a.rt.secret = k.(cookieKey).secret
+				a.rt.secretEphemeral.Store(k.(cookieKey).ephemeral)
+				a.logger.Warn("state store unavailable: signing sticky cookies with the key already in use")
+				return
+			}
 			// Sign with a key of this process's own; once the store is
 			// back, refreshSecret takes the fleet's key.
 			a.logger.Warn("state store unavailable: signing sticky cookies with a key for this process only until it returns")
 			a.rt.secret = make([]byte, 32)
 			rand.Read(a.rt.secret)
 			a.rt.secretEphemeral.Store(true)
-			a.storeFailed(err)
+			cookieKeys.Store(a.store.Describe(), cookieKey{secret: a.rt.secret, ephemeral: true})
 		default:
 			a.rt.secretErr = err
 		}
 	})
 	return a.rt.secret, a.rt.secretErr
+}
+
+// cookieKeys holds, by store (its Describe), the cookie key this process
+// last signed with, so that it outlives a config reload.
+var cookieKeys sync.Map
+
+type cookieKey struct {
+	secret    []byte
+	ephemeral bool // this process's own, not yet the store's
 }
 
 // loadSecret reads the shared cookie key from the store, making it if
@@ -561,8 +651,8 @@ func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
 }
 
 // refreshSecret replaces a process-only cookie key with the fleet's, once
-// the store answers again. Cookies signed with the old key are re-issued
-// on their next request.
+// the store answers again. Cookies signed with the old key are signed
+// again, with the same key, on their next request (for RotationGrace).
 func (a *App) refreshSecret(ctx context.Context) {
 	if !a.rt.secretEphemeral.Load() {
 		return
@@ -571,10 +661,12 @@ func (a *App) refreshSecret(ctx context.Context) {
 	if err != nil || !a.rt.secretEphemeral.CompareAndSwap(true, false) {
 		return
 	}
-	signer := newCookieSigner(secret)
+	cookieKeys.Store(a.store.Describe(), cookieKey{secret: secret})
+	signer, now := newCookieSigner(secret), time.Now()
 	for _, sw := range a.registry {
 		if h := sw.handler.Load(); h != nil && h.stickyMode == "cookie" && (h.Sticky == nil || h.Sticky.Secret == "") {
-			h.signer.Store(signer)
+			// Cookies signed with the process-only key keep their key.
+			h.signer.Store(signer.after(h.signer.Load(), now))
 		}
 	}
 	a.logger.Info("sticky cookies now signed with the fleet's key from the state store")

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"net/http"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -41,12 +42,14 @@ func TestCookieSecretAfterOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	fleet := newCookieSigner(want)
+	cookieKeys.Delete(st.Describe()) // that gateway is another process
 
 	flaky := &flakyStore{Store: st}
 	flaky.down.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := &App{store: flaky, logger: zap.NewNop(), rt: new(appRuntime), registry: map[string]*Switch{}, ctx: caddy.Context{Context: ctx}}
+	a.rt.committed.Store(true) // a running config
 	secret, err := a.cookieSecret(ctx)
 	if err != nil {
 		t.Fatalf("cookieSecret with the store down: %v", err)
@@ -66,10 +69,15 @@ func TestCookieSecretAfterOutage(t *testing.T) {
 	}
 	flaky.down.Store(false)
 	a.storeOK()
+	ownKey, ownCookie := newCookieSigner(secret).issue()
 	eventually(t, "the handler to take the fleet's key after the store returned", func() bool {
 		_, ok := h.signer.Load().verify(fleetCookie)
 		return ok
 	})
+	// A cookie signed with the process-only key keeps its key.
+	if key, resign, ok := h.signer.Load().find(http.Header{"Cookie": {"sb_user=" + ownCookie}}, "sb_user"); !ok || !resign || key != ownKey {
+		t.Errorf("a cookie signed with the process-only key: key %q resign %v ok %v; want its key kept and signed again", key, resign, ok)
+	}
 	if a.rt.secretEphemeral.Load() {
 		t.Error("still marked as a process-only key")
 	}

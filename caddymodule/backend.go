@@ -32,8 +32,8 @@ type backend interface {
 	ChangeSwitch(ctx context.Context, name, action string, req changeRequest) (SwitchStatus, error)
 	CreatePoint(ctx context.Context, req CreatePointRequest) (restore.Point, error)
 	ListPoints(ctx context.Context, limit int, typ string) ([]restore.Point, error)
-	VerifyPoint(ctx context.Context, id string) (restore.VerifyReport, error)
-	VerifyAll(ctx context.Context) ([]restore.VerifyReport, error)
+	VerifyPoint(ctx context.Context, id string, req VerifyRequest) (restore.VerifyReport, error)
+	VerifyAll(ctx context.Context, req VerifyRequest) ([]restore.VerifyReport, error)
 	Rollback(ctx context.Context, id string, req RollbackRequest) (restore.Operation, error)
 	Emergency(ctx context.Context, reason, by string) (restore.Operation, error)
 	Cleanup(ctx context.Context, opts restore.CleanupOptions) (restore.CleanupReport, error)
@@ -175,13 +175,13 @@ func (b *adminBackend) ListPoints(ctx context.Context, limit int, typ string) (o
 	return
 }
 
-func (b *adminBackend) VerifyPoint(ctx context.Context, id string) (out restore.VerifyReport, err error) {
-	err = b.do(ctx, http.MethodPost, "/switchback/points/"+url.PathEscape(id)+"/verify", struct{}{}, &out)
+func (b *adminBackend) VerifyPoint(ctx context.Context, id string, req VerifyRequest) (out restore.VerifyReport, err error) {
+	err = b.do(ctx, http.MethodPost, "/switchback/points/"+url.PathEscape(id)+"/verify", req, &out)
 	return
 }
 
-func (b *adminBackend) VerifyAll(ctx context.Context) (out []restore.VerifyReport, err error) {
-	err = b.do(ctx, http.MethodPost, "/switchback/points/verify", struct{}{}, &out)
+func (b *adminBackend) VerifyAll(ctx context.Context, req VerifyRequest) (out []restore.VerifyReport, err error) {
+	err = b.do(ctx, http.MethodPost, "/switchback/points/verify", req, &out)
 	return
 }
 
@@ -304,11 +304,17 @@ func (b *offlineBackend) ListPoints(ctx context.Context, limit int, typ string) 
 	return b.app.restore.ListPoints(ctx, restore.ListOptions{Limit: limit, Type: typ})
 }
 
-func (b *offlineBackend) VerifyPoint(ctx context.Context, id string) (restore.VerifyReport, error) {
+func (b *offlineBackend) VerifyPoint(ctx context.Context, id string, req VerifyRequest) (restore.VerifyReport, error) {
+	if req.Repair {
+		return b.app.restore.RepairPoint(ctx, id)
+	}
 	return b.app.restore.VerifyPoint(ctx, id)
 }
 
-func (b *offlineBackend) VerifyAll(ctx context.Context) ([]restore.VerifyReport, error) {
+func (b *offlineBackend) VerifyAll(ctx context.Context, req VerifyRequest) ([]restore.VerifyReport, error) {
+	if req.Repair {
+		return b.app.restore.RepairAll(ctx)
+	}
 	return b.app.restore.VerifyAll(ctx)
 }
 

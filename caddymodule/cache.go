@@ -84,15 +84,18 @@ func (c *switchCache) touch() {
 	}
 }
 
-// run writes snapshot() whenever touched, and once more when ctx ends.
+// run writes snapshot() whenever touched, and once more when ctx ends. A
+// write that panics is recovered, logged and counted, and the loop goes
+// on.
 func (c *switchCache) run(ctx context.Context, snapshot func() map[string]cachedSwitch) {
 	defer close(c.done)
+	write := func() { c.write(snapshot()) }
 	for {
 		select {
 		case <-c.dirty:
-			c.write(snapshot())
+			runTask(c.logger, taskCacheWriter, write)
 		case <-ctx.Done():
-			c.write(snapshot())
+			runTask(c.logger, taskCacheWriter, write)
 			return
 		}
 	}

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,9 +53,9 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		}
 //		trip off
 //		trip {
-//			error_rate <percent>
-//			latency p<quantile> <duration>
-//			consecutive_failures <n>
+//			error_rate <percent>|off
+//			latency p<quantile> <duration>|off
+//			consecutive_failures <n>|off
 //			window <duration>
 //			buckets <n>
 //			min_requests <n>
@@ -288,6 +289,10 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 			return d.Errf("duplicate trip rule '%s'", rule)
 		}
 		seen[rule] = true
+		if ruleOff(d) {
+			t.RulesOff = append(t.RulesOff, rule)
+			continue
+		}
 		switch rule {
 		case "error_rate":
 			if !d.NextArg() {
@@ -355,8 +360,32 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 			return d.ArgErr()
 		}
 	}
+	// Write out the defaults of the rules left unsaid, so the adapted
+	// JSON shows every rule in effect.
+	if t.ErrorRate == 0 && !t.off(health.RuleErrorRate) {
+		t.ErrorRate = DefaultErrorRate
+	}
+	if t.ConsecutiveFailures == 0 && !t.off(health.RuleConsecutiveFailures) {
+		t.ConsecutiveFailures = DefaultConsecutiveFailures
+	}
+	if err := t.check(); err != nil {
+		return d.Errf("trip: %v", err)
+	}
 	h.Trip = t
 	return nil
+}
+
+// ruleOff says whether the trip rule at the cursor reads "<rule> off",
+// and if so consumes the "off". Only the rules proper can be off.
+func ruleOff(d *caddyfile.Dispenser) bool {
+	if !slices.Contains(tripRules, d.Val()) || !d.NextArg() {
+		return false
+	}
+	if d.Val() == "off" && d.CountRemainingArgs() == 0 {
+		return true
+	}
+	d.Prev()
+	return false
 }
 
 func (h *Handler) unmarshalProbe(d *caddyfile.Dispenser) error {
@@ -479,6 +508,7 @@ func unmarshalAction(d *caddyfile.Dispenser) (Action, error) {
 //			}
 //		}
 //		gateway <name>
+//		lock_wait <duration>
 //		backups <dir>
 //		logs <dir>
 //		points {
@@ -538,6 +568,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "lock_wait":
+			dur, err := oneDuration(d, opt)
+			if err != nil {
+				return err
+			}
+			a.LockWait = caddy.Duration(dur)
 		case "backups", "logs":
 			if !d.NextArg() {
 				return d.ArgErr()

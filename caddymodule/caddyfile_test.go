@@ -94,6 +94,10 @@ func TestParseErrors(t *testing.T) {
 		{"window 0", site("\t\ttrip {\n\t\t\twindow 0s\n\t\t}\n"), 4, "window"},
 		{"window negative", site("\t\ttrip {\n\t\t\twindow -1s\n\t\t}\n"), 4, "window"},
 		{"min_requests -1", site("\t\ttrip {\n\t\t\tmin_requests -1\n\t\t}\n"), 4, "min_requests"},
+		{"rule off and set", site("\t\ttrip {\n\t\t\terror_rate off\n\t\t\terror_rate 5%\n\t\t}\n"), 5, "duplicate trip rule 'error_rate'"},
+		{"every rule off", site("\t\ttrip {\n\t\t\terror_rate off\n\t\t\tconsecutive_failures off\n\t\t}\n"), 6, "every rule is off"},
+		{"off with more", site("\t\ttrip {\n\t\t\tlatency off now\n\t\t}\n"), 4, "latency"},
+		{"window off", site("\t\ttrip {\n\t\t\twindow off\n\t\t}\n"), 4, "window"},
 		{"unknown rule", site("\t\ttrip {\n\t\t\tp99_vibes bad\n\t\t}\n"), 4, "unknown trip rule 'p99_vibes'"},
 		{"replay bad", site("\t\treplay_to_legacy maybe\n"), 3, "on or off"},
 		{"replay_max_body bad", site("\t\treplay_max_body lots\n"), 3, "replay_max_body"},
@@ -140,6 +144,8 @@ func TestParseErrors(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add("weight 20\nmode split\nsticky cookie sb_user\n")
 	f.Add("trip {\nerror_rate 5%\nlatency p99 250ms\n}\n")
+	f.Add("trip {\nerror_rate off\nlatency off\nconsecutive_failures 3\n}\n")
+	f.Add("trip {\nconsecutive_failures off extra\n}\n")
 	f.Add("probe legacy GET /health interval 2s\non_trip exec echo hi\n")
 	f.Add("auto_recover {\nafter 60s\nprobe_weight 1%\n}\n")
 	f.Add("replay_unsafe @orders\nreplay_unsafe /api/orders*\n")

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -548,7 +549,35 @@ func printSwitches(w io.Writer, st SwitchesStatus) {
 		if s.LegacyUnhealthy {
 			fmt.Fprintf(w, "\t!! LEGACY ALSO UNHEALTHY: %s\n", s.LegacyUnhealthyReason)
 		}
+		if s.Rules != nil {
+			fmt.Fprintf(w, "\ttrip: %s\n", describeRules(s.Rules))
+		}
 	}
+}
+
+// describeRules says which trip rules are in effect, for traffic status:
+// "error_rate 5%, consecutive_failures 10, latency off (window 10s,
+// min_requests 20)".
+func describeRules(r *RuleStatus) string {
+	if r.Off {
+		return "off (watched, never trips)"
+	}
+	var parts []string
+	rule := func(name string, on bool, val string) {
+		if on {
+			parts = append(parts, name+" "+val)
+		} else {
+			parts = append(parts, name+" off")
+		}
+	}
+	rule("error_rate", r.ErrorRate > 0, strconv.FormatFloat(r.ErrorRate*100, 'f', -1, 64)+"%")
+	rule("latency", r.LatencyQuantile > 0, "p"+strconv.FormatFloat(r.LatencyQuantile*100, 'f', -1, 64)+" "+strconv.FormatFloat(r.LatencyMS, 'f', -1, 64)+"ms")
+	rule("consecutive_failures", r.ConsecutiveFailures > 0, strconv.FormatUint(r.ConsecutiveFailures, 10))
+	s := strings.Join(parts, ", ") + " (window " + r.Window
+	if r.MinRequests > 0 {
+		s += ", min_requests " + strconv.FormatUint(r.MinRequests, 10)
+	}
+	return s + ")"
 }
 
 func pointCommand(cmd *cobra.Command) {
@@ -558,6 +587,7 @@ func pointCommand(cmd *cobra.Command) {
 		limit                    int
 		all, dryRun              bool
 		keepCount, keepDays      int
+		verifyReq                VerifyRequest
 	)
 	subcommand(cmd, "create", "Creates a rollback point", exactArgs(0, "create takes no arguments; use --type"), func(ctx context.Context, c *cli, _ []string) error {
 		if typ == "" {
@@ -621,10 +651,10 @@ func pointCommand(cmd *cobra.Command) {
 		stop := c.spinner("verifying")
 		var reps []restore.VerifyReport
 		if all {
-			reps, err = b.VerifyAll(ctx)
+			reps, err = b.VerifyAll(ctx, verifyReq)
 		} else {
 			var rep restore.VerifyReport
-			rep, err = b.VerifyPoint(ctx, args[0])
+			rep, err = b.VerifyPoint(ctx, args[0], verifyReq)
 			if rep.Point != "" {
 				reps = []restore.VerifyReport{rep}
 			}
@@ -634,6 +664,7 @@ func pointCommand(cmd *cobra.Command) {
 		return err
 	}, func(f *pflag.FlagSet) {
 		f.BoolVar(&all, "all", false, "verify every point")
+		f.BoolVar(&verifyReq.Repair, "repair", false, "rewrite missing or corrupt objects from live files whose content matches")
 	})
 	subcommand(cmd, "cleanup", "Removes old points and unreferenced objects", exactArgs(0, "cleanup takes no arguments"), func(ctx context.Context, c *cli, _ []string) error {
 		if keepCount < 0 || keepDays < 0 {
@@ -667,7 +698,7 @@ func pointCommand(cmd *cobra.Command) {
 }
 
 func printPoints(w io.Writer, pts []restore.Point) {
-	fmt.Fprintln(w, "ID\tTYPE\tCREATED\tSIZE\tFILES\tTAGS\tVERIFIED\tMETADATA")
+	fmt.Fprintln(w, "ID\tTYPE\tHOST\tCREATED\tSIZE\tFILES\tTAGS\tVERIFIED\tMETADATA")
 	for _, p := range pts {
 		verified := "never"
 		if p.LastVerified != nil {
@@ -683,7 +714,7 @@ func printPoints(w io.Writer, pts []restore.Point) {
 		if p.Auto != "" {
 			typ += " [" + p.Auto + "]"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, typ, p.Created.Local().Format(time.DateTime), humanBytes(p.Size), p.Files,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, typ, p.Host, p.Created.Local().Format(time.DateTime), humanBytes(p.Size), p.Files,
 			strings.Join(p.Tags, ","), verified, string(p.Metadata))
 	}
 }
@@ -697,6 +728,13 @@ func printVerify(w io.Writer, reps []restore.VerifyReport) {
 		fmt.Fprintf(w, "%s\t%s\t%d objects\t%s\t%.0f MB/s\n", r.Point, status, r.Objects, humanBytes(r.Bytes), r.BytesPerSecond/1e6)
 		if r.ManifestError != "" {
 			fmt.Fprintf(w, "\tmanifest: %s\n", r.ManifestError)
+		}
+		for _, p := range r.Repaired {
+			from := p.Root
+			if p.Path != "." {
+				from += "/" + p.Path
+			}
+			fmt.Fprintf(w, "\trepaired %s object %.12s from %s\n", p.Kind, p.Digest, from)
 		}
 		for _, p := range r.Problems {
 			fmt.Fprintf(w, "\t%+v\n", p)
@@ -730,6 +768,7 @@ func rollbackCommand(cmd *cobra.Command) {
 	f.BoolVar(&req.Force, "force", false, "skip the pre-checks (integrity, disk space); nothing else")
 	f.BoolVar(&req.DryRun, "dry-run", false, "list what would be added, removed and modified")
 	f.StringSliceVar(&req.Only, "only", nil, "restore only this path of the point (repeatable)")
+	f.DurationVar((*time.Duration)(&req.Wait), "wait", 0, "wait up to this long for the restore lock while another host restores (default: fail at once, exit 3)")
 	usageErrors(cmd)
 }
 
@@ -808,9 +847,9 @@ func opsCommand(cmd *cobra.Command) {
 			return err
 		}
 		c.print(nonNil(ops), func(w io.Writer) {
-			fmt.Fprintln(w, "ID\tKIND\tTRIGGER\tSTATUS\tPOINT\tSTARTED\tDURATION")
+			fmt.Fprintln(w, "ID\tKIND\tTRIGGER\tSTATUS\tHOST\tPOINT\tSTARTED\tDURATION")
 			for _, op := range ops {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", op.ID, op.Kind, op.Trigger, op.Status, op.Point,
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", op.ID, op.Kind, op.Trigger, op.Status, op.Host, op.Point,
 					op.Started.Local().Format(time.DateTime), time.Duration(op.Duration).Round(time.Millisecond))
 			}
 		})

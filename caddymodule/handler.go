@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,7 +63,8 @@ type Handler struct {
 
 	// Trip holds the rules that move the switch to legacy. Nil means the
 	// defaults (error_rate 5%, consecutive_failures 10, window 10s,
-	// min_requests 20); set Off to watch without tripping.
+	// min_requests 20); each rule given replaces only its own default.
+	// Set Off to watch without tripping.
 	Trip *Trip `json:"trip,omitempty"`
 
 	// ReplayToLegacy replays on legacy a request that failed on
@@ -97,6 +100,7 @@ type Handler struct {
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
 	sw           *Switch
+	win          *windows // this config's windows, the switch's from commit
 	monitor      *health.Monitor
 	probe        *health.Probe
 	signer       *atomic.Pointer[cookieSigner] // swapped when a process-only key gives way to the fleet's
@@ -128,23 +132,31 @@ type Sticky struct {
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 }
 
-// Trip holds trip rules.
+// Trip holds trip rules. Each rule given replaces its own default only:
+// error_rate (default 5%) and consecutive_failures (default 10) stay on
+// unless named in RulesOff, and latency is off unless given. (Before,
+// giving any rule dropped the defaults of the others.)
 type Trip struct {
 	// Off disables tripping; the windows are still watched and reported.
 	Off bool `json:"off,omitempty"`
 
 	// ErrorRate trips when failures/requests over the window exceeds it,
-	// as a fraction (0.05 is 5%). 0 disables the rule.
+	// as a fraction (0.05 is 5%). 0 means the default, 5%.
 	ErrorRate float64 `json:"error_rate,omitempty"`
 
 	// LatencyQuantile and Latency trip when that quantile of time to first
-	// byte over the window exceeds Latency (e.g. 0.99 and 250ms).
+	// byte over the window exceeds Latency (e.g. 0.99 and 250ms). Unset,
+	// the latency rule is off.
 	LatencyQuantile float64        `json:"latency_quantile,omitempty"`
 	Latency         caddy.Duration `json:"latency,omitempty"`
 
 	// ConsecutiveFailures trips after that many failures in a row, for low
-	// traffic. 0 disables the rule.
+	// traffic. 0 means the default, 10.
 	ConsecutiveFailures int `json:"consecutive_failures,omitempty"`
+
+	// RulesOff turns rules off by name: "error_rate", "latency" or
+	// "consecutive_failures". A rule named here must not also be given.
+	RulesOff []string `json:"rules_off,omitempty"`
 
 	// Window is the sliding window's span (default 10s), cut into Buckets
 	// buckets (default 10).
@@ -154,6 +166,40 @@ type Trip struct {
 	// MinRequests is how many requests the window must hold before the
 	// rate and latency rules may fire (default 20).
 	MinRequests int `json:"min_requests,omitempty"`
+}
+
+// tripRules are the names of the rules a Trip can turn off.
+var tripRules = []string{health.RuleErrorRate, health.RuleLatency, health.RuleConsecutiveFailures}
+
+// off says whether the named rule is turned off.
+func (t *Trip) off(rule string) bool { return t != nil && slices.Contains(t.RulesOff, rule) }
+
+// check reports a rule both given and turned off, an unknown rule name,
+// and every rule being off (which is what "trip off" says).
+func (t *Trip) check() error {
+	if t == nil || t.Off {
+		return nil
+	}
+	given := map[string]bool{
+		health.RuleErrorRate:           t.ErrorRate != 0,
+		health.RuleLatency:             t.LatencyQuantile != 0 || t.Latency != 0,
+		health.RuleConsecutiveFailures: t.ConsecutiveFailures != 0,
+	}
+	for i, r := range t.RulesOff {
+		if !slices.Contains(tripRules, r) {
+			return fmt.Errorf("rules_off: unknown rule %q: want %s", r, strings.Join(tripRules, ", "))
+		}
+		if slices.Contains(t.RulesOff[:i], r) {
+			return fmt.Errorf("rules_off: %s is named twice", r)
+		}
+		if given[r] {
+			return fmt.Errorf("%s is both set and turned off", r)
+		}
+	}
+	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] {
+		return fmt.Errorf("every rule is off: write 'trip off' (\"off\": true) to watch without tripping")
+	}
+	return nil
 }
 
 // Probe is an active health check of one arm, sent through that arm's own
@@ -243,7 +289,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.cookieMaxAge = int(time.Duration(st.MaxAge).Seconds())
 		// The secret may be a placeholder such as {env.SB_COOKIE_SECRET},
 		// so it never has to sit in the JSON config.
-		secret := []byte(caddy.NewReplacer().ReplaceKnown(st.Secret, ""))
+		secret, err := configuredSecret(st.Secret)
+		if err != nil {
+			return fmt.Errorf("switch %s: sticky cookie secret: %w", h.Name, err)
+		}
 		if len(secret) == 0 {
 			if secret, err = h.app.cookieSecret(ctx); err != nil {
 				return fmt.Errorf("switch %s: %w", h.Name, err)
@@ -256,32 +305,62 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	rules := h.rules()
-	sw, err := h.app.register(ctx, h)
+	sw, err := h.app.register(h)
 	if err != nil {
 		return err
 	}
 	h.sw = sw
-	win := sw.ensureWindows(rules.buckets, rules.Window/time.Duration(rules.buckets))
-	h.monitor = health.NewMonitor(health.MonitorOptions{
-		Rules:        rules.Rules,
-		Consolidated: win.consolidated,
-		Legacy:       win.legacy,
-		OnTrip:       h.tripped,
-	})
-	if h.Trip == nil || !h.Trip.Off {
-		go h.monitor.Run(ctx)
-		go h.legacyWatchLoop(ctx)
-	}
-	if h.Probe != nil {
-		h.startProbe(ctx)
-	}
-	if err := h.app.configure(ctx, sw, h); err != nil {
+	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
-	if h.AutoRecover != nil {
-		go h.autoRecoverLoop(ctx)
+	if h.Probe != nil && ctx.Value(caddyhttp.ServerCtxKey) == nil {
+		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
 	}
+	// The windows and monitor are this config's own until commit: a
+	// config that changes the window gets new ones, published then.
+	h.win = sw.windowsFor(rules.buckets, rules.Window/time.Duration(rules.buckets))
+	h.monitor = health.NewMonitor(health.MonitorOptions{
+		Rules:        rules.Rules,
+		Consolidated: h.win.consolidated,
+		Legacy:       h.win.legacy,
+		OnTrip:       h.tripped,
+	})
 	return nil
+}
+
+// commit makes this handler's config the one in force on its switch,
+// once Caddy has committed the config (App.commit): it publishes the
+// windows, takes over the switch (its monitor, rules and actions), settles
+// the switch's state with the store and starts the goroutines that watch
+// it. Until then the handler may already serve, since Caddy starts a
+// config's servers before it commits, but it changes nothing shared. The
+// old config's Cleanup, which comes later, finds the switch taken and
+// leaves it be.
+func (h *Handler) commit() {
+	sw := h.sw
+	if sw.win.Load() != h.win {
+		sw.win.Store(h.win)
+	}
+	prev := sw.handler.Swap(h)
+	if h.signer != nil && prev != nil && prev.signer != nil {
+		// A changed key still accepts the previous one for a while.
+		h.signer.Store(h.signer.Load().after(prev.signer.Load(), time.Now()))
+	}
+	if h.Trip == nil || !h.Trip.Off {
+		goLoop(h.ctx, h.logger, taskMonitor, h.monitor.Run)
+		goLoop(h.ctx, h.logger, taskLegacyWatch, h.legacyWatchLoop)
+	}
+	if h.Probe != nil {
+		if err := h.startProbe(h.ctx); err != nil {
+			h.logger.Error("probe not started", zap.Error(err)) // Provision checked the server; not reached
+		}
+	}
+	if err := h.app.configure(h.ctx, sw, h); err != nil {
+		h.logger.Error("config not applied to the switch's stored state; serving on its last known state", zap.Error(err))
+	}
+	if h.AutoRecover != nil {
+		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
+	}
 }
 
 // directArm returns the single handler of an arm that is a subroute of one
@@ -330,6 +409,9 @@ func (h *Handler) checkConfig() error {
 	if h.ReplayMaxBody < 0 {
 		return fmt.Errorf("switch %s: replay_max_body %d must not be negative", h.Name, h.ReplayMaxBody)
 	}
+	if err := h.Trip.check(); err != nil {
+		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
 	}
@@ -375,6 +457,34 @@ func (h *Handler) Cleanup() error {
 func (h *Handler) handlerGone() {
 	h.sw.handler.CompareAndSwap(h, nil)
 }
+
+// MinSecretLen is the least length of a configured cookie secret.
+const MinSecretLen = 32
+
+// configuredSecret expands a configured cookie secret's placeholders. An
+// unset or empty placeholder and a secret shorter than MinSecretLen are
+// errors, which never show the secret.
+func configuredSecret(raw string) ([]byte, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	s, err := caddy.NewReplacer().ReplaceOrErr(raw, true, true)
+	if err != nil {
+		what := "a placeholder in it"
+		if names := envPlaceholder.FindAllString(raw, -1); len(names) > 0 {
+			what = strings.Join(names, ", ")
+		}
+		return nil, fmt.Errorf("%s is unset or empty: set it, or drop secret to use the state store's key", what)
+	}
+	if len(s) < MinSecretLen {
+		return nil, fmt.Errorf("it is %d bytes, and must be at least %d (e.g. openssl rand -hex 32)", len(s), MinSecretLen)
+	}
+	return []byte(s), nil
+}
+
+// envPlaceholder finds {env.NAME} placeholders, whose names an error may
+// show (never the secret around them).
+var envPlaceholder = regexp.MustCompile(`\{env\.[A-Za-z_][A-Za-z0-9_]*\}`)
 
 func (h *Handler) sticky() Sticky {
 	s := Sticky{Source: "cookie", Name: "sb_user", MaxAge: DefaultCookieMaxAge}
@@ -422,12 +532,22 @@ func (h *Handler) rules() compiledRules {
 	if t == nil {
 		return r
 	}
-	if t.ErrorRate != 0 || t.LatencyQuantile != 0 || t.ConsecutiveFailures != 0 {
-		// Rules given: only those given apply.
+	// Each rule given replaces its own default; RulesOff turns one off.
+	if t.ErrorRate != 0 {
 		r.ErrorRate = t.ErrorRate
+	}
+	if t.ConsecutiveFailures != 0 {
 		r.ConsecutiveFailures = uint64(max(t.ConsecutiveFailures, 0))
-		r.LatencyQuantile = t.LatencyQuantile
-		r.LatencyLimit = time.Duration(t.Latency)
+	}
+	r.LatencyQuantile, r.LatencyLimit = t.LatencyQuantile, time.Duration(t.Latency)
+	if t.off(health.RuleErrorRate) {
+		r.ErrorRate = 0
+	}
+	if t.off(health.RuleLatency) {
+		r.LatencyQuantile, r.LatencyLimit = 0, 0
+	}
+	if t.off(health.RuleConsecutiveFailures) {
+		r.ConsecutiveFailures = 0
 	}
 	if t.Window != 0 {
 		r.Window = time.Duration(t.Window)
@@ -603,7 +723,7 @@ func (h *Handler) observe(arm string, start time.Time, rec *recorder, out outcom
 		end = time.Now()
 	}
 	latency := end.Sub(start)
-	now := end.UnixNano()
+	now := health.Mono(end) // monotonic: a wall clock step must not move the windows
 	h.sw.metrics.requests[i].Inc()
 	if failed {
 		h.sw.metrics.failures[i].Inc()
@@ -652,22 +772,41 @@ func (h *Handler) stickyKey(w http.ResponseWriter, r *http.Request) (string, boo
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
 		return host, err == nil && host != ""
 	}
-	if val, ok := findCookie(r.Header, h.cookieName); ok {
-		if key, ok := h.signer.Load().verify(val); ok {
-			return key, true
-		}
+	s := h.signer.Load()
+	key, resign, ok := s.find(r.Header, h.cookieName)
+	if ok && !resign {
+		return key, true
 	}
-	key, val := h.signer.Load().issue()
+	val := ""
+	if ok {
+		val = s.sign(key) // signed with the previous key: same key, new MAC
+	} else {
+		key, val = s.issue()
+	}
 	http.SetCookie(w, &http.Cookie{
 		Name:     h.cookieName,
 		Value:    val,
 		Path:     "/",
 		MaxAge:   h.cookieMaxAge,
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   clientHTTPS(r),
 		SameSite: http.SameSiteLaxMode,
 	})
 	return key, true
+}
+
+// clientHTTPS says whether the client reached us over https: TLS ended
+// here, or a trusted proxy (Caddy's trusted_proxies) says so in
+// X-Forwarded-Proto, as Caddy's own cookie selection policy decides.
+func clientHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); !trusted {
+		return false
+	}
+	v := r.Header["X-Forwarded-Proto"]
+	return len(v) > 0 && v[len(v)-1] == "https"
 }
 
 // armRequest is the copy of a replayable request that the consolidated arm

@@ -51,7 +51,9 @@ func testHandler(t testing.TB, mode state.Mode, weight int, legacy, consolidated
 	}
 	h.signer = new(atomic.Pointer[cookieSigner])
 	h.signer.Store(newCookieSigner([]byte("test")))
-	win := h.sw.ensureWindows(10, 1e9)
+	win := h.sw.windowsFor(10, 1e9)
+	h.sw.win.Store(win)
+	h.win = win
 	h.monitor = health.NewMonitor(health.MonitorOptions{Rules: health.Rules{ConsecutiveFailures: 1 << 30, Window: 10e9}, Consolidated: win.consolidated, Legacy: win.legacy})
 	h.sw.view.Store(&view{mode: mode, weight: weight, threshold: threshold(weight)})
 	return h

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // buckets is the resolution of the split: a weight w sends keys whose
@@ -93,10 +94,23 @@ const verifiedSlots = 1 << 16
 // a hash and a string compare instead of two SHA-256 passes. Only values
 // that verified are ever stored, so the cache cannot be poisoned; a
 // collision merely evicts.
+//
+// A signer may also hold the previous key, accepted until prevUntil after
+// the key changed (a new secret in the config, or a process-only key
+// giving way to the fleet's): a cookie signed with it keeps its key and is
+// signed again with the current one, so the user keeps their arm.
 type cookieSigner struct {
 	ipad, opad [hmacBlock]byte
+	id         [sha256.Size]byte // names the key without revealing it
 	verified   [verifiedSlots]atomic.Pointer[string]
+
+	prev      *cookieSigner // nil, or the previous key, itself with no prev
+	prevUntil time.Time
 }
+
+// RotationGrace is how long a cookie signed with the previous key is still
+// accepted, and signed again, after the key changes.
+const RotationGrace = 24 * time.Hour
 
 func newCookieSigner(secret []byte) *cookieSigner {
 	var key [hmacBlock]byte
@@ -111,7 +125,70 @@ func newCookieSigner(secret []byte) *cookieSigner {
 		s.ipad[i] = key[i] ^ 0x36
 		s.opad[i] = key[i] ^ 0x5c
 	}
+	s.id = sha256.Sum256(append([]byte("switchback cookie key id\x00"), key[:]...))
 	return s
+}
+
+// after returns the signer to use in place of s when it takes over from
+// old: s itself when old signs with the same key and holds no previous
+// key; else a copy of s that also accepts old's key (or, when the key is
+// the same, old's previous key) until its grace ends.
+func (s *cookieSigner) after(old *cookieSigner, now time.Time) *cookieSigner {
+	if old == nil {
+		return s
+	}
+	prev, until := old, now.Add(RotationGrace)
+	if old.id == s.id {
+		if old.prev == nil || !now.Before(old.prevUntil) {
+			return s
+		}
+		prev, until = old.prev, old.prevUntil
+	}
+	n := &cookieSigner{ipad: s.ipad, opad: s.opad, id: s.id, prevUntil: until}
+	n.prev = &cookieSigner{ipad: prev.ipad, opad: prev.opad, id: prev.id}
+	return n
+}
+
+// find returns the key of a valid cookie of that name in the request's
+// Cookie headers. A browser can send several of one name (a stale one
+// with another Domain or Path first): any one that verifies will do, one
+// signed with the current key first. resign says the key came from a
+// cookie signed with the previous key, to be signed again. It allocates
+// nothing, unlike http.Request.Cookies.
+func (s *cookieSigner) find(h http.Header, name string) (key string, resign, ok bool) {
+	var old string
+	for _, line := range h["Cookie"] {
+		for len(line) > 0 {
+			var v string
+			var match bool
+			v, line, match = nextCookie(line, name)
+			if !match {
+				continue
+			}
+			if key, ok := s.verify(v); ok {
+				return key, false, true
+			}
+			if s.prev != nil && old == "" && time.Now().Before(s.prevUntil) {
+				old, _ = s.prev.verify(v)
+			}
+		}
+	}
+	return old, old != "", old != ""
+}
+
+// nextCookie takes the next "name=value" pair off a Cookie header line
+// and returns its value if it has the given name.
+func nextCookie(line, name string) (val, rest string, match bool) {
+	part, rest, _ := strings.Cut(line, ";")
+	part = strings.TrimLeft(part, " \t")
+	if len(part) <= len(name) || part[len(name)] != '=' || part[:len(name)] != name {
+		return "", rest, false
+	}
+	v := strings.TrimRight(part[len(name)+1:], " \t")
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		v = v[1 : len(v)-1]
+	}
+	return v, rest, true
 }
 
 // mac computes the truncated HMAC of key into out.
@@ -169,33 +246,19 @@ func (s *cookieSigner) issue() (key, value string) {
 			raw[i+j] = byte(v >> (8 * j))
 		}
 	}
-	var b [cookieValLen]byte
-	hex.Encode(b[:cookieKeyLen], raw[:])
-	b[cookieKeyLen] = '.'
-	var m [cookieMACLen]byte
-	s.mac(string(b[:cookieKeyLen]), &m)
-	copy(b[cookieKeyLen+1:], m[:])
-	value = string(b[:])
+	var k [cookieKeyLen]byte
+	hex.Encode(k[:], raw[:])
+	value = s.sign(string(k[:]))
 	return value[:cookieKeyLen], value
 }
 
-// findCookie returns the value of the named cookie in the request's Cookie
-// headers without parsing the others. It allocates nothing, unlike
-// http.Request.Cookie, because it runs on every request.
-func findCookie(h http.Header, name string) (string, bool) {
-	for _, line := range h["Cookie"] {
-		for len(line) > 0 {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			part = strings.TrimLeft(part, " \t")
-			if len(part) > len(name) && part[len(name)] == '=' && part[:len(name)] == name {
-				v := strings.TrimRight(part[len(name)+1:], " \t")
-				if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
-					v = v[1 : len(v)-1]
-				}
-				return v, true
-			}
-		}
-	}
-	return "", false
+// sign returns the cookie value of a key: the key, ".", its MAC.
+func (s *cookieSigner) sign(key string) string {
+	var b [cookieValLen]byte
+	copy(b[:cookieKeyLen], key)
+	b[cookieKeyLen] = '.'
+	var m [cookieMACLen]byte
+	s.mac(key, &m)
+	copy(b[cookieKeyLen+1:], m[:])
+	return string(b[:])
 }

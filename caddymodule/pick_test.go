@@ -242,3 +242,18 @@ func BenchmarkPickHash(b *testing.B) {
 		pickConsolidated(salt, "3f9a6c2d1e8b7a4f3f9a6c2d1e8b7a4f", threshold(50))
 	}
 }
+
+// findCookie returns the value of the first cookie of that name, through
+// nextCookie, for the parsing tests.
+func findCookie(h http.Header, name string) (string, bool) {
+	for _, line := range h["Cookie"] {
+		for len(line) > 0 {
+			var v string
+			var match bool
+			if v, line, match = nextCookie(line, name); match {
+				return v, true
+			}
+		}
+	}
+	return "", false
+}

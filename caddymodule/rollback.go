@@ -49,9 +49,28 @@ func (a *App) rollbackConfig() restore.Config {
 	return cfg
 }
 
+// DefaultLockWait is how long an automatic restore waits for the restore
+// lock when lock_wait is not set.
+const DefaultLockWait = 10 * time.Minute
+
+// lockWait returns the configured lock_wait or its default.
+func (a *App) lockWait() time.Duration {
+	if a.LockWait > 0 {
+		return time.Duration(a.LockWait)
+	}
+	return DefaultLockWait
+}
+
+// hostIDFile is this host's id file, in Caddy's data directory (see
+// restore.Options.HostIDFile).
+func hostIDFile() string {
+	return filepath.Join(caddy.AppDataDir(), "switchback", "host-id")
+}
+
 // newManager builds the rollback manager on the app's store.
 func (a *App) newManager(logger *zap.Logger, opts restore.Options) (*restore.Manager, error) {
 	opts.Host = a.gateway
+	opts.HostIDFile = hostIDFile()
 	if opts.Logger == nil && logger != nil {
 		opts.Logger = slog.New(zapslog.NewHandler(logger.Core()))
 	}
@@ -68,19 +87,44 @@ func (a *App) provisionRollback() error {
 	return nil
 }
 
-// startRollback finishes any restore that a crash left half done, in the
-// background, so a gateway start never serves a mixed tree for long and
-// never blocks on it.
+// recoverRetry bounds the pause between two tries of the startup
+// recovery while the restore lock is held.
+const recoverRetry = 5 * time.Second
+
+// startRollback finishes this host's restores that a crash left half
+// done, in the background, so a gateway start never serves a mixed tree
+// for long and never blocks on it. While another restore holds the lock
+// it tries again until it gets it (or the app stops); other hosts'
+// unfinished operations are logged, never touched.
 func (a *App) startRollback(ctx context.Context) {
-	go func() {
-		ops, err := a.restore.Recover(ctx)
-		if err != nil && !errors.Is(err, state.ErrLockHeld) {
-			a.logger.Error("recovering unfinished restores", zap.Error(err))
+	goTask(a.logger, taskRecovery, func() {
+		if un, err := a.restore.Unfinished(ctx); err == nil {
+			for _, op := range un {
+				a.logger.Warn("another host's operation is unfinished; it is that host's to recover", zap.String("op", op.ID), zap.String("kind", op.Kind), zap.String("host", op.Host))
+			}
 		}
-		for _, op := range ops {
-			a.logger.Warn("finished a restore interrupted by a crash", zap.String("op", op.ID), zap.String("status", string(op.Status)))
+		pause := 250 * time.Millisecond
+		for {
+			ops, err := a.restore.Recover(ctx)
+			for _, op := range ops {
+				a.logger.Warn("finished a restore interrupted by a crash", zap.String("op", op.ID), zap.String("status", string(op.Status)))
+			}
+			held := errors.Is(err, restore.ErrRestoreInProgress) || errors.Is(err, state.ErrLockHeld)
+			if err != nil && !held {
+				a.logger.Error("recovering unfinished restores", zap.Error(err))
+			}
+			if !held || ctx.Err() != nil {
+				return
+			}
+			a.logger.Info("restore lock held; recovery of this host's unfinished restores will try again", zap.Error(err), zap.Duration("in", pause))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, recoverRetry)
 		}
-	}()
+	})
 }
 
 // runRestoreAction runs an on_trip "restore" action.
@@ -94,15 +138,16 @@ func (a *App) runRestoreAction(ctx context.Context, act Action, event map[string
 	switch act.Restore {
 	case "emergency":
 		op, err = a.restore.Emergency(ctx, restore.EmergencyOptions{
-			Reason:  reason,
-			Trigger: trigger,
+			Reason:   reason,
+			Trigger:  trigger,
+			LockWait: a.lockWait(),
 			ForceLegacy: func(ctx context.Context) (string, error) {
 				n, err := a.forceAllLegacy(ctx, "emergency: "+reason, "on_trip restore")
 				return fmt.Sprintf("%d switches on legacy", n), err
 			},
 		})
 	case "point":
-		op, err = a.restore.Rollback(ctx, act.Point, restore.RollbackOptions{Trigger: trigger, Reason: reason})
+		op, err = a.restore.Rollback(ctx, act.Point, restore.RollbackOptions{Trigger: trigger, Reason: reason, LockWait: a.lockWait()})
 	}
 	if err != nil {
 		return fmt.Errorf("restore %s (op %s): %w", act.Restore, op.ID, err)

@@ -75,20 +75,19 @@ func (sw *Switch) Destruct() error {
 // Name is the switch's name.
 func (sw *Switch) Name() string { return sw.name }
 
-// ensureWindows makes the windows match the configured size, keeping the
-// current ones when they already do.
-func (sw *Switch) ensureWindows(buckets int, width time.Duration) *windows {
+// windowsFor returns windows of the given size: the switch's current ones
+// when they already match, else new ones, which the caller publishes
+// (win.Store) once its config is committed.
+func (sw *Switch) windowsFor(buckets int, width time.Duration) *windows {
 	if w := sw.win.Load(); w != nil && w.buckets == buckets && w.width == width {
 		return w
 	}
-	w := &windows{
+	return &windows{
 		legacy:       health.NewWindow(health.WindowOptions{Buckets: buckets, Width: width}),
 		consolidated: health.NewWindow(health.WindowOptions{Buckets: buckets, Width: width}),
 		buckets:      buckets,
 		width:        width,
 	}
-	sw.win.Store(w)
-	return w
 }
 
 // Record returns a copy of the switch's last known durable record.
@@ -269,13 +268,13 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 		m.clientErrors[i] = m.set.NewCounter("switchback_client_errors_total" + labels)
 		m.set.NewGauge("switchback_window_error_rate"+labels, func() float64 {
 			if w := sw.win.Load(); w != nil {
-				return w.arm(arm).Stats(time.Now().UnixNano()).ErrorRate
+				return w.arm(arm).Stats(health.Now()).ErrorRate
 			}
 			return 0
 		})
 		m.set.NewGauge("switchback_window_p99_seconds"+labels, func() float64 {
 			if w := sw.win.Load(); w != nil {
-				return w.arm(arm).Stats(time.Now().UnixNano()).P99.Seconds()
+				return w.arm(arm).Stats(health.Now()).P99.Seconds()
 			}
 			return 0
 		})

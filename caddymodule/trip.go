@@ -21,7 +21,7 @@ import (
 // logs and actions follow on their own goroutine.
 func (h *Handler) tripped(v health.Verdict) {
 	now := time.Now().UTC()
-	legacyBad, legacyWhy := h.legacyHealth(now)
+	legacyBad, legacyWhy := h.legacyHealth(health.Now())
 	trip := func(cur *state.Switch) bool {
 		if cur.Mode == state.ModeLegacy && cur.Tripped {
 			return false // tripped already, here or elsewhere
@@ -39,7 +39,7 @@ func (h *Handler) tripped(v health.Verdict) {
 		return
 	}
 	h.sw.metrics.trip(h.Name, v.Rule).Inc()
-	go func() {
+	goTask(h.logger, taskTrip, func() {
 		fields := []zap.Field{zap.String("rule", v.Rule), zap.String("reason", v.Reason), zap.String("gateway", h.app.gateway)}
 		if legacyBad {
 			h.logger.Error("switch tripped to legacy, but LEGACY ALSO UNHEALTHY", append(fields, zap.String("legacy", legacyWhy))...)
@@ -52,13 +52,13 @@ func (h *Handler) tripped(v health.Verdict) {
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
 		h.app.emit("switchback.tripped", data)
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
-	}()
+	})
 }
 
-// legacyHealth says whether legacy is failing too, by its window and its
-// probe, with a reason for the record.
-func (h *Handler) legacyHealth(now time.Time) (bool, string) {
-	if bad, why := h.monitor.LegacyUnhealthy(now.UnixNano()); bad {
+// legacyHealth says whether legacy is failing too at now (on the clock of
+// health.Now), by its window and its probe, with a reason for the record.
+func (h *Handler) legacyHealth(now int64) (bool, string) {
+	if bad, why := h.monitor.LegacyUnhealthy(now); bad {
 		return true, "legacy also unhealthy: " + why
 	}
 	if h.probe != nil && h.Probe.Arm == armLegacy && !h.probe.Healthy() {
@@ -98,7 +98,7 @@ func (h *Handler) legacyWatchLoop(ctx context.Context) {
 // watchLegacyFailure marks a tripped switch's legacy unhealthy when it
 // breaks the rules or its probe fails.
 func (h *Handler) watchLegacyFailure(ctx context.Context, rec state.Switch, now time.Time) {
-	bad, why := h.legacyHealth(now)
+	bad, why := h.legacyHealth(health.Mono(now))
 	if !bad {
 		return
 	}
@@ -123,8 +123,8 @@ func (h *Handler) watchLegacyFailure(ctx context.Context, rec state.Switch, now 
 // not how it once was, and a legacy hovering at a threshold does not flap.
 // It returns the new start of legacy's healthy run.
 func (h *Handler) watchLegacyRecovery(ctx context.Context, rec state.Switch, now, goodSince time.Time) time.Time {
-	bad, _ := h.legacyHealth(now)
-	if bad || !h.monitor.LegacyHealthy(now.UnixNano()) {
+	bad, _ := h.legacyHealth(health.Mono(now))
+	if bad || !h.monitor.LegacyHealthy(health.Mono(now)) {
 		return time.Time{}
 	}
 	if goodSince.IsZero() {
@@ -178,6 +178,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 	}
 	tick := time.NewTicker(min(after/10, 500*time.Millisecond))
 	defer tick.Stop()
+	var clock stateClock
 	for {
 		select {
 		case <-ctx.Done():
@@ -185,7 +186,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		rec, _ := h.sw.Record()
-		if !rec.Tripped || time.Since(rec.Since) < after {
+		if !rec.Tripped || clock.age(rec.Since, time.Now(), health.Now()) < after {
 			continue
 		}
 		now := time.Now().UTC()
@@ -209,7 +210,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 			h.monitor.Rearm()
 			h.logger.Warn("auto_recover: half-open", zap.Int("probe_weight", probeWeight), zap.Error(err))
 		case state.ModeSplit:
-			st := h.sw.win.Load().consolidated.Stats(now.UnixNano())
+			st := h.sw.win.Load().consolidated.Stats(health.Now())
 			if !h.monitor.Armed() || st.Requests == 0 {
 				continue // tripped again, or nothing to judge yet
 			}
@@ -240,6 +241,27 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 	}
 }
 
+// stateClock times how long a switch has been in the state its record
+// began at Since. Since is wall-clock time, perhaps another host's, so its
+// age is read from the wall clock once, when this process first sees that
+// Since, and from then on advanced by the monotonic clock: a clock step
+// afterwards neither cuts auto_recover's cool-down short nor stretches
+// it. A Since in the future (a host whose clock runs ahead) counts as now.
+type stateClock struct {
+	since time.Time     // the Since being timed
+	age0  time.Duration // its age when first seen
+	mono0 int64         // health.Now() then
+}
+
+// age returns the age of since at wallNow (time.Now()) and mono
+// (health.Now(), read at the same moment).
+func (c *stateClock) age(since, wallNow time.Time, mono int64) time.Duration {
+	if !c.since.Equal(since) {
+		c.since, c.age0, c.mono0 = since, max(wallNow.Round(0).Sub(since), 0), mono
+	}
+	return c.age0 + time.Duration(mono-c.mono0)
+}
+
 // recovered logs, emits and runs on_recover after a recovery on this
 // gateway. The actions run under the config's context, not the caller's:
 // an admin request's context ends with its response.
@@ -247,13 +269,30 @@ func (h *Handler) recovered(rec state.Switch) {
 	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
 	data := map[string]any{"event": "recovered", "switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
 	h.app.emit("switchback.recovered", data)
-	go h.runActions(h.ctx, "on_recover", h.OnRecover, data)
+	goTask(h.logger, taskActions, func() { h.runActions(h.ctx, "on_recover", h.OnRecover, data) })
 }
 
 // startProbe starts the active probe of an arm. The probe is sent through
 // the arm's own handler chain rather than to an address, so it checks what
 // users of that arm would get, through the same reverse_proxy and options.
-func (h *Handler) startProbe(ctx caddy.Context) {
+//
+// A handler may expect of a request what Caddy's Server.ServeHTTP gives it
+// (caddyhttp.PrepareRequest): the *caddyhttp.Server that serves it (
+// reverse_proxy reads its log settings, invoke its named routes), the
+// replacer with the http.* placeholders, the vars with the client IP, the
+// route groups, the original request and the extra log fields. So the
+// probe's request is prepared with the very Server the switch is served
+// by. Caddy's http app provisions each server's routes under a context
+// that holds that server (caddyhttp.ServerCtxKey), and the handler's own
+// context is derived from it, so Provision can take it from there: it is
+// the real server, not a stand-in whose zero fields might differ from
+// what a real request sees. A switch provisioned outside an http server
+// has no such server, and a probe there is a config error.
+func (h *Handler) startProbe(ctx caddy.Context) error {
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil {
+		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
+	}
 	arm := h.legacy
 	if h.Probe.Arm == armConsolidated {
 		arm = h.consolidated
@@ -274,22 +313,42 @@ func (h *Handler) startProbe(ctx caddy.Context) {
 		URL:      "http://switchback-probe" + h.Probe.Path,
 		Interval: interval,
 		Timeout:  timeout,
-		Client:   &http.Client{Transport: armTransport{arm: arm}, Timeout: timeout},
+		Client:   &http.Client{Transport: armTransport{arm: arm, server: srv, logger: h.logger}, Timeout: timeout},
 	}
-	go h.probe.Run(ctx)
+	goLoop(ctx, h.logger, taskProbe, h.probe.Run)
+	return nil
 }
 
 // armTransport is an http.RoundTripper that serves a request with an arm's
-// handler chain in process.
+// handler chain in process, as the server would serve a request from this
+// host.
 type armTransport struct {
-	arm caddyhttp.MiddlewareHandler
+	arm    caddyhttp.MiddlewareHandler
+	server *caddyhttp.Server
+	logger *zap.Logger
 }
 
-func (t armTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+// probeRemoteAddr is the client address of a probe: the gateway itself.
+const probeRemoteAddr = "127.0.0.1:0"
+
+func (t armTransport) RoundTrip(r *http.Request) (resp *http.Response, err error) {
+	// An arm that panics fails the probe, as it would fail a request (the
+	// http server recovers a handler's panic), and never ends the probe
+	// loop. http.ErrAbortHandler is how reverse_proxy gives up on a
+	// broken upstream stream: an arm failure, not a fault of ours.
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				notePanic(t.logger, taskProbe, v)
+			}
+			resp, err = nil, fmt.Errorf("the arm panicked: %v", v)
+		}
+	}()
+	r.RemoteAddr = probeRemoteAddr
+	r.RequestURI = r.URL.RequestURI()
 	w := httptest.NewRecorder()
-	repl := caddy.NewReplacer()
-	r = caddyhttp.PrepareRequest(r, repl, w, nil)
-	err := t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, t.server)
+	err = t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("arm did not answer the probe"))
 	}))
 	if err != nil {

@@ -40,8 +40,9 @@ type MonitorOptions struct {
 	// Nil means nothing is called; Armed still turns false.
 	OnTrip func(Verdict)
 
-	// Now returns the current time for Run and Check (default time.Now).
-	Now func() time.Time
+	// Now returns the current time for Run, on the clock of health.Now
+	// (the default): monotonic nanoseconds.
+	Now func() int64
 
 	// Interval is how often Run evaluates every rule (default 100ms).
 	Interval time.Duration
@@ -56,11 +57,11 @@ type Monitor struct {
 	legacy       *Window
 	probe        *Probe
 	onTrip       func(Verdict)
-	now          func() time.Time
+	now          func() int64
 	interval     time.Duration
 
 	armed           atomic.Bool
-	lastLatencyEval atomic.Int64 // Unix nanoseconds
+	lastLatencyEval atomic.Int64 // on the clock of Now
 	last            atomic.Pointer[Verdict]
 }
 
@@ -79,7 +80,7 @@ func NewMonitor(opts MonitorOptions) *Monitor {
 		m.consolidated = NewWindow(opts.Rules.WindowOptions())
 	}
 	if m.now == nil {
-		m.now = time.Now
+		m.now = Now
 	}
 	if m.interval <= 0 {
 		m.interval = DefaultInterval
@@ -98,7 +99,7 @@ func (m *Monitor) Legacy() *Window { return m.legacy }
 func (m *Monitor) Rules() Rules { return m.rules }
 
 // Observed is called on the request path after Consolidated().Observe
-// with the same now (Unix nanoseconds), outcome and latency. It evaluates
+// with the same now (on the clock of Now), outcome and latency. It evaluates
 // the consecutive failure and error rate rules on failures, and the
 // latency rule when latency exceeds the limit, at most once per 10ms.
 // It is lock-free and allocates only when a rule trips.
@@ -122,7 +123,7 @@ func (m *Monitor) Observed(now int64, failed bool, latency time.Duration) {
 		s.Latency = w.Quantile(now, r.LatencyQuantile)
 	}
 	if v, ok := r.Evaluate(s); ok {
-		m.trip(v, time.Unix(0, now))
+		m.trip(v, now)
 	}
 }
 
@@ -133,15 +134,15 @@ func (m *Monitor) latencyDue(now int64) bool {
 	return now-last >= latencyEvalEvery && m.lastLatencyEval.CompareAndSwap(last, now)
 }
 
-// Check evaluates every rule against the consolidated window at now and
-// trips the Monitor if one breaks and it is armed. It returns the verdict
-// of the breached rule, if any, whether or not the Monitor was armed.
-func (m *Monitor) Check(now time.Time) (Verdict, bool) {
-	ns := now.UnixNano()
-	v, ok := m.rules.Evaluate(m.consolidated.StatsWithQuantile(ns, m.rules.LatencyQuantile))
+// Check evaluates every rule against the consolidated window at now (on
+// the clock of Now) and trips the Monitor if one breaks and it is armed.
+// It returns the verdict of the breached rule, if any, whether or not the
+// Monitor was armed.
+func (m *Monitor) Check(now int64) (Verdict, bool) {
+	v, ok := m.rules.Evaluate(m.consolidated.StatsWithQuantile(now, m.rules.LatencyQuantile))
 	if ok {
 		m.trip(v, now)
-		v.At = now
+		v.At = Time(now)
 	}
 	return v, ok
 }
@@ -158,9 +159,9 @@ func (m *Monitor) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			now := m.now()
-			m.consolidated.Advance(now.UnixNano())
+			m.consolidated.Advance(now)
 			if m.legacy != nil {
-				m.legacy.Advance(now.UnixNano())
+				m.legacy.Advance(now)
 			}
 			if m.armed.Load() {
 				m.Check(now)
@@ -171,11 +172,11 @@ func (m *Monitor) Run(ctx context.Context) {
 
 // trip disarms the Monitor and calls OnTrip, unless it was already
 // disarmed.
-func (m *Monitor) trip(v Verdict, at time.Time) {
+func (m *Monitor) trip(v Verdict, at int64) {
 	if !m.armed.CompareAndSwap(true, false) {
 		return
 	}
-	v.At = at
+	v.At = Time(at)
 	m.last.Store(&v)
 	if m.onTrip != nil {
 		m.onTrip(v)
@@ -219,7 +220,7 @@ func (m *Monitor) LegacyHealthy(now int64) bool {
 }
 
 // LegacyUnhealthy reports whether the legacy arm looks unhealthy at now
-// (Unix nanoseconds), with a reason: its probe is down, or its own window
+// (on the clock of Now), with a reason: its probe is down, or its own window
 // breaks the same rules as the consolidated arm's. It is false with an
 // empty reason when neither a legacy window nor a probe was given.
 func (m *Monitor) LegacyUnhealthy(now int64) (bool, string) {

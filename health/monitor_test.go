@@ -174,7 +174,7 @@ func TestMonitorFiresOnceAndRearms(t *testing.T) {
 	if n := len(rec.get()); n != 1 {
 		t.Fatalf("OnTrip called %d times, want 1", n)
 	}
-	if _, ok := m.Check(time.Unix(0, at(time.Second))); !ok {
+	if _, ok := m.Check(at(time.Second)); !ok {
 		t.Error("Check does not report the breach")
 	}
 	if n := len(rec.get()); n != 1 {
@@ -206,7 +206,7 @@ func TestMonitorRunEvaluatesLatency(t *testing.T) {
 	m := NewMonitor(MonitorOptions{
 		Rules:    r,
 		OnTrip:   func(v Verdict) { tripped <- v },
-		Now:      func() time.Time { return time.Unix(0, nowNS.Load()) },
+		Now:      nowNS.Load,
 		Interval: time.Millisecond,
 	})
 	for i := range 20 {
@@ -230,7 +230,7 @@ func TestMonitorRunEvaluatesLatency(t *testing.T) {
 		if v.Rule != RuleLatency || !strings.HasPrefix(v.Reason, "latency p90 80") || !strings.HasSuffix(v.Reason, "> 50ms over 10s (n=20)") {
 			t.Errorf("verdict %+v", v)
 		}
-		if !v.At.Equal(time.Unix(0, at(time.Second))) {
+		if !v.At.Equal(Time(at(time.Second))) {
 			t.Errorf("At = %v, want the injected clock", v.At)
 		}
 	case <-time.After(5 * time.Second):

@@ -95,8 +95,8 @@ type Verdict struct {
 	// "error_rate 37.5% > 5% over 10s (n=240)".
 	Reason string
 
-	// At is when the rule tripped; zero when the Verdict comes straight
-	// from Rules.Evaluate.
+	// At is when the rule tripped, as Time makes it of the Monitor's
+	// clock; zero when the Verdict comes straight from Rules.Evaluate.
 	At time.Time
 }
 

@@ -88,8 +88,8 @@ func (w *Window) Span() time.Duration {
 	return time.Duration(w.width * w.n)
 }
 
-// Observe records one request that finished at now (Unix nanoseconds, as
-// the caller read it from its clock) after latency, and whether it failed.
+// Observe records one request that finished at now (nanoseconds on the
+// monotonic clock of Now; see Mono) after latency, and whether it failed.
 // Negative now counts as 0. Observe is lock-free and does not allocate.
 //
 // An observation that belongs to an epoch older than its bucket's current

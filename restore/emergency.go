@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // EmergencyOptions control Emergency.
@@ -17,13 +18,17 @@ type EmergencyOptions struct {
 	// API or the state store. The caller supplies it; it returns a short
 	// description for the record. Nil records the step as skipped.
 	ForceLegacy func(ctx context.Context) (string, error)
+	// LockWait is how long the restore waits for the restore lock held by
+	// another host (see RollbackOptions.LockWait).
+	LockWait time.Duration
 }
 
 // Emergency moves traffic to legacy, then restores the best point and
 // validates. Candidates, in order: verified full_system points, verified
 // partial_component points, then any full_system and any partial_component
 // point, newest first within each group. Automatic pre-rollback points are
-// never candidates (they hold the state being rolled back from). The first
+// never candidates (they hold the state being rolled back from), nor are
+// points of other hosts (their objects are not here). The first
 // candidate whose pre-checks pass is restored; the steps record each one
 // tried. A failure of step 1 is recorded but does not stop the restore.
 func (m *Manager) Emergency(ctx context.Context, opts EmergencyOptions) (Operation, error) {
@@ -59,9 +64,15 @@ func (m *Manager) emergency(ctx context.Context, op *Operation, opts EmergencyOp
 		if err != nil {
 			return err
 		}
-		cands = emergencyCandidates(pts)
+		own := pts[:0:0]
+		for _, p := range pts {
+			if m.ownPoint(p) {
+				own = append(own, p)
+			}
+		}
+		cands = emergencyCandidates(own)
 		if len(cands) == 0 {
-			return userErr(ErrNotFound, "no full_system or partial_component rollback point to restore")
+			return userErr(ErrNotFound, "no full_system or partial_component rollback point of this host (%s) to restore", m.opts.Host)
 		}
 		ids := make([]string, 0, 5)
 		for _, p := range cands[:min(5, len(cands))] {
@@ -76,7 +87,7 @@ func (m *Manager) emergency(ctx context.Context, op *Operation, opts EmergencyOp
 	var errs []error
 	for _, p := range cands {
 		op.Point = p.ID
-		err := m.restore(ctx, op, p, RollbackOptions{Trigger: op.Trigger, Reason: op.Reason})
+		err := m.restore(ctx, op, p, RollbackOptions{Trigger: op.Trigger, Reason: op.Reason, LockWait: opts.LockWait})
 		if err == nil || ctx.Err() != nil {
 			return err
 		}

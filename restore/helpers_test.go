@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -110,44 +109,44 @@ func (e *env) sampleTree(t *testing.T) {
 }
 
 // snapshot describes the tree at root exactly: every entry's type, mode,
-// mtime (files and dirs), size, content hash and link target.
+// owner, xattrs, mtime (files and dirs), size, content hash, link target,
+// and which files are one inode.
 func snapshot(t *testing.T, root string) string {
 	t.Helper()
-	var b strings.Builder
-	info, err := os.Lstat(root)
-	if os.IsNotExist(err) {
-		return "<absent>"
-	}
+	entries, absent, err := liveEntries(context.Background(), root, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	describe := func(rel string, info fs.FileInfo, abs string) {
-		fmt.Fprintf(&b, "%s %v", rel, info.Mode())
-		switch {
-		case info.Mode().IsRegular():
+	if absent {
+		return "<absent>"
+	}
+	var b strings.Builder
+	firstName := map[uint64]string{}
+	for _, e := range entries {
+		fmt.Fprintf(&b, "%q %s %o %d:%d", e.Path, e.Type, e.Mode, e.UID, e.GID)
+		abs := joinRel(root, e.Path)
+		switch e.Type {
+		case EntryFile:
 			data, err := os.ReadFile(abs)
 			if err != nil {
 				t.Fatal(err)
 			}
 			sum := sha256.Sum256(data)
-			fmt.Fprintf(&b, " %d %s %d", info.Size(), hex.EncodeToString(sum[:8]), info.ModTime().UnixNano())
-		case info.IsDir():
-			fmt.Fprintf(&b, " %d", info.ModTime().UnixNano())
-		case info.Mode()&fs.ModeSymlink != 0:
-			target, _ := os.Readlink(abs)
-			fmt.Fprintf(&b, " -> %s", target)
+			fmt.Fprintf(&b, " %d %s %d", e.Size, hex.EncodeToString(sum[:8]), e.MTime)
+			if first, ok := firstName[e.Ino]; ok {
+				fmt.Fprintf(&b, " =%q", first)
+			} else {
+				firstName[e.Ino] = e.Path
+			}
+		case EntryDir, EntryFIFO:
+			fmt.Fprintf(&b, " %d", e.MTime)
+		case EntrySymlink:
+			fmt.Fprintf(&b, " -> %q", e.Target)
+		}
+		for _, x := range e.Xattrs {
+			fmt.Fprintf(&b, " %q=%q", x.Name, x.Value)
 		}
 		b.WriteString("\n")
-	}
-	describe(".", info, root)
-	if info.IsDir() {
-		err := walkDir(context.Background(), root, "", func(rel, abs string, info fs.FileInfo) error {
-			describe(rel, info, abs)
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
 	return b.String()
 }

@@ -10,58 +10,157 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 )
 
 // ManifestVersion is the manifest format written by this package.
-const ManifestVersion = 1
+// Version 2 added ownership, ctime, extended attributes, hard-link
+// groups, FIFOs, the scan start of each root, and lossless names; version
+// 1 manifests are still read (their entries are never reused: they lack
+// ctime).
+const ManifestVersion = 2
 
 // Entry types.
 const (
 	EntryFile    = "file"
 	EntryDir     = "dir"
 	EntrySymlink = "symlink"
+	EntryFIFO    = "fifo"
 )
 
 // Manifest lists what a point holds: for each root, every entry below it.
 // It is stored as JSON under backups/manifests/<point>.json; the SHA-256
 // of those bytes is the point's manifest digest.
 type Manifest struct {
-	Version int            `json:"version"`
-	Roots   []RootManifest `json:"roots"`
+	Version int
+	Roots   []RootManifest
 }
 
 // RootManifest is one configured path as it was when the point was made.
 type RootManifest struct {
 	// Path is the absolute live path.
-	Path string `json:"path"`
+	Path string
 	// Absent is set when the path did not exist; restoring removes it.
-	Absent bool `json:"absent,omitempty"`
+	Absent bool
+	// Scanned is the filesystem clock (CLOCK_REALTIME_COARSE, which
+	// stamps mtime and ctime) in nanoseconds just before the root was
+	// walked; 0 in version 1. A file whose mtime or ctime is not older
+	// than this may have changed after it was read within the same clock
+	// tick, so the next point hashes it again (git's racy-timestamp rule).
+	Scanned int64
 	// Entries lists the root itself first (path "."), then everything
 	// below it, each entry after its parent directory.
-	Entries []Entry `json:"entries,omitempty"`
+	Entries []Entry
 }
 
-// Entry is one file, directory or symlink.
+// Entry is one file, directory, symlink or FIFO.
 type Entry struct {
-	// Path is relative to the root, slash-separated; "." is the root.
-	Path string `json:"path"`
-	Type string `json:"type"`
+	// Path is relative to the root, slash-separated; "." is the root. It
+	// holds the name's bytes as they are, valid UTF-8 or not.
+	Path string
+	Type string
 	// Mode holds the permission bits with setuid, setgid and sticky, as
 	// in chmod(2).
-	Mode uint32 `json:"mode"`
-	// MTime is the modification time in nanoseconds since the epoch.
-	MTime  int64  `json:"mtime"`
-	Size   int64  `json:"size,omitempty"`
-	Digest string `json:"digest,omitempty"`
-	Target string `json:"target,omitempty"`
+	Mode     uint32
+	UID, GID uint32
+	// MTime and CTime are in nanoseconds since the epoch.
+	MTime, CTime int64
+	Size         int64
+	Digest       string
+	// Target is a symlink's target, as bytes.
+	Target string
 	// Ino is the inode number when the point was made. The next point of
-	// the same root reuses Digest when size, mtime and inode still match.
-	Ino uint64 `json:"ino,omitempty"`
+	// the same root reuses Digest when size, mtime, ctime and inode still
+	// match and neither time is racy.
+	Ino uint64
+	// Link is the hard-link group: files of one root with the same
+	// non-zero Link are one inode and are restored as hard links. 0 means
+	// none.
+	Link uint64
+	// Xattrs are the extended attributes, sorted by name.
+	Xattrs []Xattr
+	// Changed is set when the file kept changing while it was read: its
+	// content is what the last read saw, and it is never reused.
+	Changed bool
+}
+
+// Xattr is one extended attribute. Name and Value hold bytes.
+type Xattr struct {
+	Name, Value string
+}
+
+// The manifest's JSON form. A name, link target or xattr name that is not
+// valid UTF-8 is written base64-encoded in the _b64 field instead, since
+// JSON strings cannot carry such bytes; xattr values are always base64.
+type (
+	wireManifest struct {
+		Version int        `json:"version"`
+		Roots   []wireRoot `json:"roots"`
+	}
+	wireRoot struct {
+		Path    string      `json:"path"`
+		Absent  bool        `json:"absent,omitempty"`
+		Scanned int64       `json:"scanned,omitempty"`
+		Entries []wireEntry `json:"entries,omitempty"`
+	}
+	wireEntry struct {
+		Path      string      `json:"path,omitempty"`
+		PathB64   []byte      `json:"path_b64,omitempty"`
+		Type      string      `json:"type"`
+		Mode      uint32      `json:"mode"`
+		UID       uint32      `json:"uid,omitempty"`
+		GID       uint32      `json:"gid,omitempty"`
+		MTime     int64       `json:"mtime"`
+		CTime     int64       `json:"ctime,omitempty"`
+		Size      int64       `json:"size,omitempty"`
+		Digest    string      `json:"digest,omitempty"`
+		Target    string      `json:"target,omitempty"`
+		TargetB64 []byte      `json:"target_b64,omitempty"`
+		Ino       uint64      `json:"ino,omitempty"`
+		Link      uint64      `json:"link,omitempty"`
+		Xattrs    []wireXattr `json:"xattrs,omitempty"`
+		Changed   bool        `json:"changed,omitempty"`
+	}
+	wireXattr struct {
+		Name    string `json:"name,omitempty"`
+		NameB64 []byte `json:"name_b64,omitempty"`
+		Value   []byte `json:"value"`
+	}
+)
+
+// lossless splits s into the string or base64 field of its JSON form.
+func lossless(s string) (string, []byte) {
+	if utf8.ValidString(s) {
+		return s, nil
+	}
+	return "", []byte(s)
 }
 
 // encode returns the manifest's canonical bytes and their digest.
 func (mf *Manifest) encode() ([]byte, string, error) {
-	b, err := json.Marshal(mf)
+	w := wireManifest{Version: mf.Version, Roots: make([]wireRoot, len(mf.Roots))}
+	for i, r := range mf.Roots {
+		wr := wireRoot{Path: r.Path, Absent: r.Absent, Scanned: r.Scanned}
+		if len(r.Entries) > 0 {
+			wr.Entries = make([]wireEntry, len(r.Entries))
+		}
+		for j, e := range r.Entries {
+			we := wireEntry{
+				Type: e.Type, Mode: e.Mode, UID: e.UID, GID: e.GID, MTime: e.MTime, CTime: e.CTime,
+				Size: e.Size, Digest: e.Digest, Ino: e.Ino, Link: e.Link, Changed: e.Changed,
+			}
+			we.Path, we.PathB64 = lossless(e.Path)
+			we.Target, we.TargetB64 = lossless(e.Target)
+			for _, x := range e.Xattrs {
+				wx := wireXattr{Value: []byte(x.Value)}
+				wx.Name, wx.NameB64 = lossless(x.Name)
+				we.Xattrs = append(we.Xattrs, wx)
+			}
+			wr.Entries[j] = we
+		}
+		w.Roots[i] = wr
+	}
+	b, err := json.Marshal(w)
 	if err != nil {
 		return nil, "", err
 	}
@@ -80,8 +179,8 @@ func decodeManifest(b []byte) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decoding manifest: %w", err)
 	}
-	if mf.Version != ManifestVersion {
-		return nil, fmt.Errorf("manifest version %d not supported (want %d)", mf.Version, ManifestVersion)
+	if mf.Version != 1 && mf.Version != ManifestVersion {
+		return nil, fmt.Errorf("manifest version %d not supported (want 1 or %d)", mf.Version, ManifestVersion)
 	}
 	if len(mf.Roots) == 0 {
 		return nil, errors.New("manifest has no roots")
@@ -120,6 +219,7 @@ func checkEntries(r RootManifest) error {
 		return errors.New(`first entry must be the root "."`)
 	}
 	types := make(map[string]string, len(r.Entries))
+	leaders := map[uint64]int{} // hard-link group → index of its first member
 	for i, e := range r.Entries {
 		if i > 0 {
 			if err := checkRelPath(e.Path); err != nil {
@@ -152,9 +252,9 @@ func checkEntries(r RootManifest) error {
 			if e.Target != "" {
 				return fmt.Errorf("entry %q: file with a link target", e.Path)
 			}
-		case EntryDir:
+		case EntryDir, EntryFIFO:
 			if e.Digest != "" || e.Target != "" || e.Size != 0 {
-				return fmt.Errorf("entry %q: directory with content", e.Path)
+				return fmt.Errorf("entry %q: %s with content", e.Path, e.Type)
 			}
 		case EntrySymlink:
 			if e.Target == "" || strings.ContainsRune(e.Target, 0) || len(e.Target) > 4096 {
@@ -166,33 +266,67 @@ func checkEntries(r RootManifest) error {
 		default:
 			return fmt.Errorf("entry %q: unknown type %q", e.Path, e.Type)
 		}
+		if e.Link != 0 {
+			if e.Type != EntryFile || i == 0 {
+				return fmt.Errorf("entry %q: only files below the root can be hard links", e.Path)
+			}
+			if k, ok := leaders[e.Link]; !ok {
+				leaders[e.Link] = i
+			} else if l := r.Entries[k]; l.Digest != e.Digest || l.Size != e.Size || l.Mode != e.Mode || l.UID != e.UID || l.GID != e.GID || l.MTime != e.MTime {
+				return fmt.Errorf("entry %q: hard link of %q with different content or metadata", e.Path, l.Path)
+			}
+		}
+		if err := checkXattrs(e.Xattrs); err != nil {
+			return fmt.Errorf("entry %q: %w", e.Path, err)
+		}
 		types[e.Path] = e.Type
 	}
 	return nil
 }
 
+// checkXattrs refuses extended attributes the kernel would: empty names,
+// names with a NUL or over 255 bytes, values over 64 KiB, and repeated or
+// unsorted names.
+func checkXattrs(xs []Xattr) error {
+	for i, x := range xs {
+		if x.Name == "" || len(x.Name) > 255 || strings.IndexByte(x.Name, 0) >= 0 || !strings.Contains(x.Name, ".") {
+			return fmt.Errorf("invalid xattr name %q", x.Name)
+		}
+		if len(x.Value) > 64<<10 {
+			return fmt.Errorf("xattr %q: value of %d bytes", x.Name, len(x.Value))
+		}
+		if i > 0 && xs[i-1].Name >= x.Name {
+			return fmt.Errorf("xattr %q: repeated or out of order", x.Name)
+		}
+	}
+	return nil
+}
+
 // checkRelPath refuses paths that are absolute, empty, not clean, contain
-// "..", "." or empty segments, or a NUL byte.
+// "..", "." or empty segments, or a NUL byte. Names need not be UTF-8.
 func checkRelPath(p string) error {
 	if p == "" || p == "." {
 		return fmt.Errorf("invalid entry path %q", p)
 	}
-	if fs.ValidPath(p) && strings.IndexByte(p, 0) < 0 {
-		return nil
-	}
-	// Say what is wrong.
-	if strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) {
+	if strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 {
 		return fmt.Errorf("unsafe entry path %q: absolute", p)
 	}
-	for _, seg := range strings.Split(p, "/") {
+	for rest := p; ; {
+		seg, after, more := strings.Cut(rest, "/")
 		switch seg {
 		case "":
 			return fmt.Errorf("unsafe entry path %q: empty segment", p)
 		case ".", "..":
 			return fmt.Errorf("unsafe entry path %q: %q segment", p, seg)
 		}
+		if len(seg) > 255 {
+			return fmt.Errorf("unsafe entry path %q: name over 255 bytes", p)
+		}
+		if !more {
+			return nil
+		}
+		rest = after
 	}
-	return fmt.Errorf("unsafe entry path %q", p)
 }
 
 // manifestPath is where point id's manifest is stored.

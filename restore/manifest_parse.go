@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"encoding/base64"
 	"fmt"
 	"strconv"
 	"strings"
@@ -69,6 +70,8 @@ func (p *manifestParser) root(r *RootManifest) error {
 			p.paths--
 		case "absent":
 			r.Absent, err = p.bool()
+		case "scanned":
+			r.Scanned, err = p.int(64)
 		case "entries":
 			err = p.array(func() error {
 				if r.Entries == nil {
@@ -79,16 +82,23 @@ func (p *manifestParser) root(r *RootManifest) error {
 			})
 		}
 		return err
-	}, "path", "absent", "entries")
+	}, "path", "absent", "scanned", "entries")
 }
 
-var entryFields = []string{"path", "type", "mode", "mtime", "size", "digest", "target", "ino"}
+var entryFields = []string{"path", "path_b64", "type", "mode", "uid", "gid", "mtime", "ctime", "size", "digest", "target", "target_b64", "ino", "link", "xattrs", "changed"}
+
+// Bits of entryFields in a seen mask.
+const (
+	seenPath, seenPathB64     = 1 << 0, 1 << 1
+	seenTarget, seenTargetB64 = 1 << 10, 1 << 11
+)
 
 // entry is the hot loop (a point of a source tree has 11k entries), so it
 // iterates over the fields itself rather than through object's callback.
 func (p *manifestParser) entry(e *Entry) error {
+	at := p.i
 	more, err := p.open('{', '}')
-	var seen uint8
+	var seen uint32
 	for more && err == nil {
 		var key string
 		if key, err = p.key(&seen, entryFields); err != nil {
@@ -99,34 +109,112 @@ func (p *manifestParser) entry(e *Entry) error {
 		case "path":
 			e.Path, err = p.string()
 			p.paths--
+		case "path_b64":
+			var b []byte
+			if b, err = p.base64(); b != nil {
+				e.Path = string(b)
+			}
 		case "type":
 			e.Type, err = p.string()
 		case "mode":
 			u, err = p.uint(32)
 			e.Mode = uint32(u)
+		case "uid":
+			u, err = p.uint(32)
+			e.UID = uint32(u)
+		case "gid":
+			u, err = p.uint(32)
+			e.GID = uint32(u)
 		case "mtime":
 			e.MTime, err = p.int(64)
+		case "ctime":
+			e.CTime, err = p.int(64)
 		case "size":
 			e.Size, err = p.int(64)
 		case "digest":
 			e.Digest, err = p.string()
 		case "target":
 			e.Target, err = p.string()
+		case "target_b64":
+			var b []byte
+			if b, err = p.base64(); b != nil {
+				e.Target = string(b)
+			}
 		case "ino":
 			e.Ino, err = p.uint(64)
+		case "link":
+			e.Link, err = p.uint(64)
+		case "xattrs":
+			err = p.array(func() error {
+				e.Xattrs = append(e.Xattrs, Xattr{})
+				return p.xattr(&e.Xattrs[len(e.Xattrs)-1])
+			})
+		case "changed":
+			e.Changed, err = p.bool()
 		}
 		if err == nil {
 			more, err = p.next('}', key)
 		}
 	}
+	if err == nil && (seen&(seenPath|seenPathB64) == seenPath|seenPathB64 || seen&(seenTarget|seenTargetB64) == seenTarget|seenTargetB64) {
+		p.i = at
+		return p.errorf("entry has both a name and its base64 form")
+	}
 	return err
+}
+
+// xattr parses {"name": ..., "value": base64}.
+func (p *manifestParser) xattr(x *Xattr) error {
+	at := p.i
+	var both int
+	err := p.object(func(key string) (err error) {
+		var b []byte
+		switch key {
+		case "name":
+			x.Name, err = p.string()
+			both++
+		case "name_b64":
+			if b, err = p.base64(); b != nil {
+				x.Name = string(b)
+			}
+			both++
+		case "value":
+			b, err = p.base64()
+			x.Value = string(b)
+		}
+		return err
+	}, "name", "name_b64", "value")
+	if err == nil && both > 1 {
+		p.i = at
+		return p.errorf("xattr has both a name and its base64 form")
+	}
+	return err
+}
+
+// base64 parses a JSON string holding standard base64, as encoding/json
+// decodes a []byte: nil for null, else the decoded bytes.
+func (p *manifestParser) base64() ([]byte, error) {
+	if p.null() {
+		return nil, nil
+	}
+	at := p.i
+	s, err := p.string()
+	if err != nil {
+		return nil, err
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		p.i = at
+		return nil, p.errorf("invalid base64: %v", err)
+	}
+	return b, nil
 }
 
 // object parses {"key": value, ...}, calling field to parse each value.
 // Every key must be one of known, and appear once.
 func (p *manifestParser) object(field func(key string) error, known ...string) error {
 	more, err := p.open('{', '}')
-	var seen uint8
+	var seen uint32
 	for more && err == nil {
 		var key string
 		if key, err = p.key(&seen, known); err != nil {
@@ -186,7 +274,7 @@ func (p *manifestParser) next(end byte, key string) (bool, error) {
 
 // key reads a field name and its colon. The name must be one of known,
 // and not one already in seen (a bit for each of known).
-func (p *manifestParser) key(seen *uint8, known []string) (string, error) {
+func (p *manifestParser) key(seen *uint32, known []string) (string, error) {
 	if p.peek() != '"' {
 		return "", p.errorf("want a field name")
 	}

@@ -7,15 +7,20 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // sampleManifest is a manifest with every field and some awkward names.
 func sampleManifest() *Manifest {
 	return &Manifest{Version: ManifestVersion, Roots: []RootManifest{
-		{Path: "/srv/app", Entries: []Entry{
+		{Path: "/srv/app", Scanned: 1787934006000000000, Entries: []Entry{
 			{Path: ".", Type: EntryDir, Mode: 0o755, MTime: 1},
-			{Path: "a <&> \"q\" \\ é 日本 😀\t", Type: EntryFile, Mode: 0o4755, MTime: -5, Size: 12, Digest: dg, Ino: 1<<64 - 1},
+			{Path: "a <&> \"q\" \\ é 日本 😀\t", Type: EntryFile, Mode: 0o4755, UID: 1<<32 - 1, GID: 7, MTime: -5, CTime: 9, Size: 12, Digest: dg, Ino: 1<<64 - 1, Link: 3,
+				Xattrs: []Xattr{{Name: "security.capability", Value: "\x01\x00\x00\x02\xff"}, {Name: "user.\xfe", Value: ""}}},
 			{Path: "l", Type: EntrySymlink, Mode: 0o777, MTime: 1<<63 - 1, Target: "../x\u2028y"},
+			{Path: "caf\xe9", Type: EntryFile, Digest: dg, Changed: true},
+			{Path: "\xff\xfe/\x80", Type: EntrySymlink, Target: "\xc3\x28"},
+			{Path: "p", Type: EntryFIFO, Mode: 0o600, UID: 1000, GID: 1000},
 		}},
 		{Path: "/srv/gone", Absent: true},
 	}}
@@ -87,32 +92,87 @@ func FuzzParseManifestMatchesJSON(f *testing.F) {
 	f.Add([]byte(`{"version":1,"roots":[{"path":"/a","absent":true,"entries":null}]}`))
 	f.Add([]byte(`{"version":-0,"roots":[{"entries":[{"path":"\ud83d\ude00\/","mode":0}]}]} `))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"version":2,"roots":[{"path":"/a","scanned":5,"entries":[{"path_b64":"/w==","type":"symlink","target_b64":"gA==","uid":1,"gid":2,"ctime":3,"link":4,"changed":true,"xattrs":[{"name":"user.a","value":"AAE="},{"name_b64":"dXNlci7/","value":null}]}]}]}`))
+	f.Add([]byte(`{"roots":[{"entries":[{"path":"a","path_b64":"YQ=="}]}]}`))
+	f.Add([]byte(`{"roots":[{"entries":[{"xattrs":[{"value":"A\nA=="}]}]}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := parseManifest(b)
 		if err != nil {
 			return
 		}
-		var want Manifest
+		var w wireManifest
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&want); err != nil {
+		if err := dec.Decode(&w); err != nil {
 			t.Fatalf("parseManifest accepted what encoding/json refuses (%v): %q", err, b)
 		}
 		if dec.More() {
 			t.Fatalf("parseManifest accepted trailing data: %q", b)
 		}
-		// An empty array decodes to an empty slice there and to nil
-		// here; nothing tells the two apart but reflect.
-		if len(want.Roots) == 0 {
-			want.Roots = nil
-		}
-		for i := range want.Roots {
-			if len(want.Roots[i].Entries) == 0 {
-				want.Roots[i].Entries = nil
-			}
-		}
+		want := fromWire(w)
 		if !reflect.DeepEqual(*got, want) {
 			t.Fatalf("parseManifest = %+v, encoding/json = %+v for %q", *got, want, b)
+		}
+	})
+}
+
+// fromWire is what encoding/json's decoding of a manifest means: the
+// reference FuzzParseManifestMatchesJSON holds parseManifest to.
+func fromWire(w wireManifest) Manifest {
+	mf := Manifest{Version: w.Version}
+	for _, wr := range w.Roots {
+		r := RootManifest{Path: wr.Path, Absent: wr.Absent, Scanned: wr.Scanned}
+		for _, we := range wr.Entries {
+			e := Entry{
+				Path: we.Path, Type: we.Type, Mode: we.Mode, UID: we.UID, GID: we.GID, MTime: we.MTime, CTime: we.CTime,
+				Size: we.Size, Digest: we.Digest, Target: we.Target, Ino: we.Ino, Link: we.Link, Changed: we.Changed,
+			}
+			if we.PathB64 != nil {
+				e.Path = string(we.PathB64)
+			}
+			if we.TargetB64 != nil {
+				e.Target = string(we.TargetB64)
+			}
+			for _, wx := range we.Xattrs {
+				x := Xattr{Name: wx.Name, Value: string(wx.Value)}
+				if wx.NameB64 != nil {
+					x.Name = string(wx.NameB64)
+				}
+				e.Xattrs = append(e.Xattrs, x)
+			}
+			r.Entries = append(r.Entries, e)
+		}
+		mf.Roots = append(mf.Roots, r)
+	}
+	return mf
+}
+
+// FuzzManifestRoundTrip: whatever bytes a name, link target or xattr
+// holds, and whatever the numbers, encode then parse gives the manifest
+// back exactly.
+func FuzzManifestRoundTrip(f *testing.F) {
+	f.Add("caf\xe9", "\xff", "user.\x80", "\x00\x01", uint32(0o4755), uint32(1000), int64(-1), uint64(7), true)
+	f.Add("a", "b", "security.capability", "", uint32(0), uint32(0), int64(0), uint64(0), false)
+	f.Add("\u2028\\\"<&>", "../x", "trusted.x", "\xff\xfe", uint32(0o7777), uint32(1<<32-1), int64(1<<63-1), uint64(1<<64-1), false)
+	f.Fuzz(func(t *testing.T, name, target, xname, xvalue string, mode, id uint32, tm int64, n uint64, changed bool) {
+		mf := &Manifest{Version: ManifestVersion, Roots: []RootManifest{{Path: "/srv/" + name, Scanned: tm, Entries: []Entry{
+			{Path: ".", Type: EntryDir, Mode: mode, UID: id, GID: id, MTime: tm, CTime: tm, Xattrs: []Xattr{{Name: xname, Value: xvalue}}},
+			{Path: name, Type: EntryFile, Mode: mode, MTime: tm, Size: tm, Digest: dg, Ino: n, Link: n, Changed: changed},
+			{Path: name + "/" + target, Type: EntrySymlink, Target: target, Xattrs: []Xattr{{Name: xname}, {Name: xname + xname, Value: xvalue}}},
+		}}}}
+		if !utf8.ValidString(mf.Roots[0].Path) {
+			mf.Roots[0].Path = "/srv/x" // roots come from the JSON config
+		}
+		b, _, err := mf.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := parseManifest(b)
+		if err != nil {
+			t.Fatalf("parseManifest(encode(m)): %v\n%s", err, b)
+		}
+		if !reflect.DeepEqual(got, mf) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v\n%s", got, mf, b)
 		}
 	})
 }
@@ -147,7 +207,7 @@ func BenchmarkDecodeManifest(b *testing.B) {
 	b.Run("encoding/json", func(b *testing.B) {
 		b.SetBytes(int64(len(enc)))
 		for b.Loop() {
-			var m Manifest
+			var m wireManifest
 			dec := json.NewDecoder(bytes.NewReader(enc))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&m); err != nil {

@@ -43,9 +43,9 @@ func TestDecodeManifestPathSafety(t *testing.T) {
 		{"unclean root", manifestJSON("/srv/../etc"), "clean absolute"},
 		{"nul", manifestJSON("/srv/app", file("a\\u0000b")), "unsafe"},
 		{"bad mode", manifestJSON("/srv/app", `{"path":"f","type":"file","mode":99999,"mtime":1,"digest":"`+dg+`"}`), "invalid mode"},
-		{"unknown type", manifestJSON("/srv/app", `{"path":"f","type":"fifo","mode":420,"mtime":1}`), "unknown type"},
+		{"unknown type", manifestJSON("/srv/app", `{"path":"f","type":"socket","mode":420,"mtime":1}`), "unknown type"},
 		{"unknown field", []byte(`{"version":1,"roots":[],"x":1}`), "unknown field"},
-		{"version", []byte(`{"version":2,"roots":[]}`), "version 2"},
+		{"version", []byte(`{"version":3,"roots":[]}`), "version 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -140,7 +140,7 @@ func TestTwoRestoresAtOnce(t *testing.T) {
 	var running Operation
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		ops, _ := e.m.ListOperations(ctx, 0)
-		if len(ops) > 0 && ops[0].Kind == KindRollback && len(ops[0].Steps) >= 3 {
+		if len(ops) > 0 && ops[0].Kind == KindRollback && len(ops[0].Steps) >= 2 {
 			running = ops[0]
 			break
 		}

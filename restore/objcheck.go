@@ -18,19 +18,11 @@ import (
 // Verification is bound by per-object work, not by SHA-256: a source tree
 // averages 11 KB an object, and on the 2-vCPU machine this was tuned on a
 // system call costs about 1 µs on entry alone, so open, read and close
-// cost more than hashing a small object. Objects below batchSlot are
-// therefore read in batches through an objectRing where the kernel has
-// io_uring (two io_uring_enter calls for a whole batch instead of three
-// system calls an object), and bigger ones, where hashing dominates, with
-// plain reads. The README has the figures.
-const (
-	// batchSlot is the buffer each object of a batch is read into. An
-	// object is read with one request of its size plus one byte, so a
-	// longer file shows up as a short count mismatch without a second read.
-	batchSlot = 64 << 10
-	// batchLen is how many objects a batch holds.
-	batchLen = 64
-)
+// cost about as much as hashing a small object. Objects are therefore read
+// with raw system calls (no os.File), one read of their size plus a byte
+// each, into a per-worker buffer. Reading small objects in io_uring
+// batches was tried and removed: in paired runs it gave no reliable gain
+// (the README has the figures).
 
 // objectCheck is one object to verify.
 type objectCheck struct {
@@ -42,46 +34,35 @@ type objectCheck struct {
 
 // verifyObjects checks objs on workers goroutines and calls done for each
 // (concurrently, so done must be safe for that) with whether the object is
-// missing and what is wrong with it. Bigger objects go first so the
-// workers finish together. It returns ctx's error if ctx ends first.
+// missing and what is wrong with it, in the order given (callers put the
+// biggest first, so the workers finish together). It returns ctx's error
+// if ctx ends first.
 func (s *objectStore) verifyObjects(ctx context.Context, workers int, objs []objectCheck, done func(i int, missing bool, err error)) error {
-	var single, small []int
-	for i, o := range objs {
-		if !o.sizeOnly && o.size >= 0 && o.size < batchSlot {
-			small = append(small, i)
-		} else {
-			single = append(single, i)
-		}
-	}
 	if workers < 1 {
 		workers = 1
 	}
-	var nextSingle, nextSmall atomic.Int64
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := s.checker(len(small) > 0)
+			c := s.checker()
 			defer c.close()
 			for ctx.Err() == nil {
-				if i := int(nextSingle.Add(1) - 1); i < len(single) {
-					o := objs[single[i]]
-					var missing bool
-					var err error
-					if o.sizeOnly {
-						missing, err = s.checkSize(o.digest, o.size)
-					} else {
-						missing, err = c.check(o.digest, o.size)
-					}
-					done(single[i], missing, err)
-					continue
-				}
-				j := int(nextSmall.Add(batchLen) - batchLen)
-				if j >= len(small) {
+				i := int(next.Add(1) - 1)
+				if i >= len(objs) {
 					return
 				}
-				c.checkBatch(objs, small[j:min(j+batchLen, len(small))], done)
+				o := objs[i]
+				var missing bool
+				var err error
+				if o.sizeOnly {
+					missing, err = s.checkSize(o.digest, o.size)
+				} else {
+					missing, err = c.check(o.digest, o.size)
+				}
+				done(i, missing, err)
 			}
 		}()
 	}
@@ -89,41 +70,28 @@ func (s *objectStore) verifyObjects(ctx context.Context, workers int, objs []obj
 	return ctx.Err()
 }
 
-// objectChecker is one verify worker's state: a hasher, a read buffer and,
-// where the kernel allows, a ring for batches.
+// objectChecker is one verify worker's state: a hasher and a read buffer.
 type objectChecker struct {
 	s     *objectStore
 	h     hash.Hash
 	buf   *[]byte
-	flags int         // open(2) flags, without O_NOATIME once it failed
-	ring  *objectRing // nil: batches are read with plain system calls
+	flags int // open(2) flags, without O_NOATIME once it failed
 }
 
-// newChecker returns a checker of files by path, without a store or ring.
+// newChecker returns a checker of files by path, without a store.
 func newChecker() *objectChecker {
 	return &objectChecker{h: sha256.New(), buf: getBuf(), flags: objectOpenFlags | unix.O_NOATIME}
 }
 
-// checker returns a verify worker's checker of s's objects; with batches,
-// one that reads small objects through a ring where it can.
-func (s *objectStore) checker(batches bool) *objectChecker {
+// checker returns a verify worker's checker of s's objects.
+func (s *objectStore) checker() *objectChecker {
 	c := newChecker()
 	c.s = s
-	if batches && !s.noRing && os.Getenv("SWITCHBACK_IO_URING") != "off" {
-		// A kernel without io_uring, or a sandbox that forbids it, gets
-		// the plain path; that is slower, not wrong. SWITCHBACK_IO_URING=off
-		// chooses it, for a kernel whose io_uring misbehaves (and to
-		// compare the two).
-		c.ring, _ = newObjectRing(s.dir)
-	}
 	return c
 }
 
 func (c *objectChecker) close() {
 	putBuf(c.buf)
-	if c.ring != nil {
-		c.ring.close()
-	}
 }
 
 // check re-hashes object d and reports whether it is missing or corrupt.
@@ -148,47 +116,6 @@ func (c *objectChecker) check(d string, size int64) (missing bool, err error) {
 		return false, fmt.Errorf("object %s has %d bytes, manifest says %d", d[:12], n, size)
 	}
 	return false, nil
-}
-
-// checkBatch checks the small objects objs[idx[k]]. Whatever the ring
-// finds wrong is checked again one by one, for the exact error.
-func (c *objectChecker) checkBatch(objs []objectCheck, idx []int, done func(i int, missing bool, err error)) {
-	if c.ring == nil {
-		for _, i := range idx {
-			missing, err := c.check(objs[i].digest, objs[i].size)
-			done(i, missing, err)
-		}
-		return
-	}
-	names := make([]string, 0, batchLen)
-	sizes := make([]int64, 0, batchLen)
-	at := make([]int, 0, batchLen)
-	for _, i := range idx {
-		if err := checkDigest(objs[i].digest); err != nil {
-			done(i, false, err)
-			continue
-		}
-		names = append(names, objs[i].digest)
-		sizes = append(sizes, objs[i].size)
-		at = append(at, i)
-	}
-	res, err := c.ring.read(names, sizes, c.flags)
-	if err == nil {
-		c.s.ringBatches.Add(1)
-	}
-	for k, i := range at {
-		// check retries without O_NOATIME, and drops it for what follows.
-		if err == nil && int64(res[k]) == sizes[k] {
-			var want [sha256.Size]byte
-			hex.Decode(want[:], []byte(names[k]))
-			if sha256.Sum256(c.ring.slot(k)[:sizes[k]]) == want {
-				done(i, false, nil)
-				continue
-			}
-		}
-		missing, err := c.check(names[k], sizes[k])
-		done(i, missing, err)
-	}
 }
 
 // objectOpenFlags open an object or a live file for hashing. Where the

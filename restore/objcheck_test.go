@@ -35,122 +35,97 @@ func testObjects(t testing.TB, s *objectStore, n int, sizes ...int) []objectChec
 	return objs
 }
 
-// ringModes runs fn with verification through io_uring batches and
-// through plain system calls. A kernel without io_uring fails the ring
-// case under CI (the CI machine has it) and skips it elsewhere.
-func ringModes(t *testing.T, fn func(t *testing.T, noRing bool)) {
-	for _, noRing := range []bool{false, true} {
-		t.Run(fmt.Sprintf("noRing=%v", noRing), func(t *testing.T) {
-			if !noRing {
-				r, err := newObjectRing(t.TempDir())
-				if err != nil {
-					if os.Getenv("CI") == "true" {
-						t.Fatalf("io_uring unavailable: %v", err)
-					}
-					t.Skipf("io_uring unavailable here (%v); the plain path is tested below", err)
-				}
-				r.close()
-			}
-			fn(t, noRing)
-		})
-	}
-}
-
+// TestVerifyObjectsFaults: every fault an object can have is reported
+// once, with its exact message, whatever its size (some empty, some
+// bigger than the read buffer).
 func TestVerifyObjectsFaults(t *testing.T) {
-	ringModes(t, func(t *testing.T, noRing bool) {
-		s, err := openObjectStore(t.TempDir())
+	const mid = 64 << 10
+	s, err := openObjectStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := testObjects(t, s, 3*64+5, 0, 1, 100, 4096, mid-1, mid, 200<<10)
+	overwrite := func(o objectCheck, b []byte) { overwriteObject(t, s, o.digest, b) }
+	content := func(o objectCheck) []byte {
+		b, err := os.ReadFile(s.path(o.digest))
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.noRing = noRing
-		// Three batches of small objects, some empty, and big ones that
-		// take the one-by-one path.
-		objs := testObjects(t, s, 3*batchLen+5, 0, 1, 100, 4096, batchSlot-1, batchSlot, 200<<10)
-		overwrite := func(o objectCheck, b []byte) { overwriteObject(t, s, o.digest, b) }
-		content := func(o objectCheck) []byte {
-			b, err := os.ReadFile(s.path(o.digest))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-		want := map[int]string{}
-		fault := func(i int, msg string, f func(o objectCheck)) {
-			f(objs[i])
-			want[i] = msg
-		}
-		fault(2, "corrupt: content hashes to", func(o objectCheck) { // small, same size
-			b := content(o)
-			b[0] ^= 1
-			overwrite(o, b)
-		})
-		fault(3, "missing", func(o objectCheck) { os.Remove(s.path(o.digest)) })
-		fault(10, "corrupt: content hashes to", func(o objectCheck) { overwrite(o, append(content(o), 'x')) }) // grew
-		fault(17, "corrupt: content hashes to", func(o objectCheck) { b := content(o); overwrite(o, b[:len(b)-1]) })
-		fault(24, "too many levels of symbolic links", func(o objectCheck) {
-			tmp := s.path(o.digest) + ".real"
-			os.Rename(s.path(o.digest), tmp)
-			os.Symlink(tmp, s.path(o.digest))
-		})
-		fault(31, "is a directory", func(o objectCheck) {
-			os.Remove(s.path(o.digest))
-			os.Mkdir(s.path(o.digest), 0o755)
-		})
-		// Intact content under the wrong size in the manifest.
-		objs[38].size--
-		want[38] = fmt.Sprintf("has %d bytes, manifest says %d", objs[38].size+1, objs[38].size)
-		objs[45].size++
-		want[45] = fmt.Sprintf("has %d bytes, manifest says %d", objs[45].size-1, objs[45].size)
-		objs[52].digest = strings.Repeat("z", 64)
-		want[52] = "invalid object name"
-		fault(62, "corrupt: content hashes to", func(o objectCheck) { // big
-			b := content(o)
-			b[len(b)-1] ^= 1
-			overwrite(o, b)
-		})
-		fault(12, "corrupt: content hashes to", func(o objectCheck) { overwrite(o, append(content(o), 'x')) }) // exactly batchSlot
-		objs[67].sizeOnly = true
-		objs[67].size++
-		want[67] = "manifest says"
-		objs[74].sizeOnly = true // intact, size only
-		if objs[62].size < batchSlot || objs[3].size >= batchSlot {
-			t.Fatalf("sizes: %d %d", objs[62].size, objs[3].size)
-		}
+		return b
+	}
+	want := map[int]string{}
+	fault := func(i int, msg string, f func(o objectCheck)) {
+		f(objs[i])
+		want[i] = msg
+	}
+	fault(2, "corrupt: content hashes to", func(o objectCheck) { // small, same size
+		b := content(o)
+		b[0] ^= 1
+		overwrite(o, b)
+	})
+	fault(3, "missing", func(o objectCheck) { os.Remove(s.path(o.digest)) })
+	fault(10, "corrupt: content hashes to", func(o objectCheck) { overwrite(o, append(content(o), 'x')) }) // grew
+	fault(17, "corrupt: content hashes to", func(o objectCheck) { b := content(o); overwrite(o, b[:len(b)-1]) })
+	fault(24, "too many levels of symbolic links", func(o objectCheck) {
+		tmp := s.path(o.digest) + ".real"
+		os.Rename(s.path(o.digest), tmp)
+		os.Symlink(tmp, s.path(o.digest))
+	})
+	fault(31, "is a directory", func(o objectCheck) {
+		os.Remove(s.path(o.digest))
+		os.Mkdir(s.path(o.digest), 0o755)
+	})
+	// Intact content under the wrong size in the manifest.
+	objs[38].size--
+	want[38] = fmt.Sprintf("has %d bytes, manifest says %d", objs[38].size+1, objs[38].size)
+	objs[45].size++
+	want[45] = fmt.Sprintf("has %d bytes, manifest says %d", objs[45].size-1, objs[45].size)
+	objs[52].digest = strings.Repeat("z", 64)
+	want[52] = "invalid object name"
+	fault(62, "corrupt: content hashes to", func(o objectCheck) { // big
+		b := content(o)
+		b[len(b)-1] ^= 1
+		overwrite(o, b)
+	})
+	fault(12, "corrupt: content hashes to", func(o objectCheck) { overwrite(o, append(content(o), 'x')) }) // exactly mid
+	objs[67].sizeOnly = true
+	objs[67].size++
+	want[67] = "manifest says"
+	objs[74].sizeOnly = true // intact, size only
+	if objs[62].size < mid || objs[3].size >= mid {
+		t.Fatalf("sizes: %d %d", objs[62].size, objs[3].size)
+	}
 
-		var mu sync.Mutex
-		seen := map[int]int{}
-		got := map[int]error{}
-		missing := map[int]bool{}
-		err = s.verifyObjects(context.Background(), 2, objs, func(i int, m bool, err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			seen[i]++
-			if err != nil {
-				got[i] = err
-				missing[i] = m
-			}
-		})
+	var mu sync.Mutex
+	seen := map[int]int{}
+	got := map[int]error{}
+	missing := map[int]bool{}
+	err = s.verifyObjects(context.Background(), 2, objs, func(i int, m bool, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[i]++
 		if err != nil {
-			t.Fatal(err)
-		}
-		if n := s.ringBatches.Load(); (n > 0) == noRing {
-			t.Errorf("%d batches read through io_uring with noRing=%v", n, noRing)
-		}
-		for i := range objs {
-			if seen[i] != 1 {
-				t.Errorf("object %d reported %d times", i, seen[i])
-			}
-			switch {
-			case want[i] == "" && got[i] != nil:
-				t.Errorf("object %d (size %d): unexpected %v", i, objs[i].size, got[i])
-			case want[i] != "" && (got[i] == nil || !strings.Contains(got[i].Error(), want[i])):
-				t.Errorf("object %d (size %d): got %v, want %q", i, objs[i].size, got[i], want[i])
-			}
-			if missing[i] != (i == 3) {
-				t.Errorf("object %d: missing = %v", i, missing[i])
-			}
+			got[i] = err
+			missing[i] = m
 		}
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range objs {
+		if seen[i] != 1 {
+			t.Errorf("object %d reported %d times", i, seen[i])
+		}
+		switch {
+		case want[i] == "" && got[i] != nil:
+			t.Errorf("object %d (size %d): unexpected %v", i, objs[i].size, got[i])
+		case want[i] != "" && (got[i] == nil || !strings.Contains(got[i].Error(), want[i])):
+			t.Errorf("object %d (size %d): got %v, want %q", i, objs[i].size, got[i], want[i])
+		}
+		if missing[i] != (i == 3) {
+			t.Errorf("object %d: missing = %v", i, missing[i])
+		}
+	}
 }
 
 func TestVerifyObjectsCanceled(t *testing.T) {
@@ -158,7 +133,7 @@ func TestVerifyObjectsCanceled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := testObjects(t, s, 4*batchLen, 10)
+	objs := testObjects(t, s, 256, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	n := 0
@@ -183,8 +158,7 @@ func TestHashFileMatchesSHA256(t *testing.T) {
 }
 
 // BenchmarkVerifyObjects re-hashes a store shaped like a source tree
-// (mostly small objects) through io_uring batches and through plain
-// system calls.
+// (mostly small objects).
 func BenchmarkVerifyObjects(b *testing.B) {
 	s, err := openObjectStore(b.TempDir())
 	if err != nil {
@@ -202,21 +176,16 @@ func BenchmarkVerifyObjects(b *testing.B) {
 	for _, o := range objs {
 		total += o.size
 	}
-	for _, noRing := range []bool{false, true} {
-		b.Run(fmt.Sprintf("ring=%v", !noRing), func(b *testing.B) {
-			s.noRing = noRing
-			b.SetBytes(total)
-			for b.Loop() {
-				err := s.verifyObjects(context.Background(), defaultWorkers(), objs, func(i int, _ bool, err error) {
-					if err != nil {
-						b.Fatal(err)
-					}
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
+	b.SetBytes(total)
+	for b.Loop() {
+		err := s.verifyObjects(context.Background(), defaultWorkers(), objs, func(i int, _ bool, err error) {
+			if err != nil {
+				b.Fatal(err)
 			}
 		})
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
@@ -259,7 +228,7 @@ func TestObjectBatch(t *testing.T) {
 	if err := b.commit(); err != nil {
 		t.Fatal(err)
 	}
-	c := s.checker(false)
+	c := s.checker()
 	defer c.close()
 	for i, d := range digests {
 		if _, err := c.check(d, -1); err != nil {

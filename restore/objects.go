@@ -12,8 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // objectStore keeps file contents under dir/ab/abcdef..., named by the
@@ -23,18 +24,19 @@ import (
 // name is complete.
 type objectStore struct {
 	dir string
-	// noRing makes verification use plain system calls even where
-	// io_uring is available (tests cover both paths with it).
-	noRing bool
-	// ringBatches counts batches read through io_uring.
-	ringBatches atomic.Int64
+	// leaseWait bounds a wait for the lease (default defaultLeaseWait).
+	leaseWait time.Duration
 }
+
+// defaultLeaseWait is how long a create waits for a cleanup's object
+// collection, and a cleanup for the creates under way, before giving up.
+const defaultLeaseWait = 10 * time.Minute
 
 func openObjectStore(dir string) (*objectStore, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("creating object store: %w", err)
 	}
-	return &objectStore{dir: dir}, nil
+	return &objectStore{dir: dir, leaseWait: defaultLeaseWait}, nil
 }
 
 // checkDigest reports whether d is a valid object name: 64 lowercase hex
@@ -81,11 +83,22 @@ type objectBatch struct {
 	s       *objectStore
 	mu      sync.Mutex
 	pending map[string]string // digest → temp file
+	// replace holds the pending digests whose existing object is replaced
+	// (its size was wrong, or verify flagged it).
+	replace map[string]bool
+	// flagged is the set of objects verify found corrupt, read when the
+	// batch began: their digests are not reused, and a fresh copy
+	// replaces them.
+	flagged map[string]bool
 }
 
 func (s *objectStore) batch() *objectBatch {
-	return &objectBatch{s: s, pending: map[string]string{}}
+	return &objectBatch{s: s, pending: map[string]string{}, replace: map[string]bool{}, flagged: s.flagged()}
 }
+
+// isFlagged reports whether verify has found object d corrupt (as of the
+// batch's start), so a create must read the file rather than reuse d.
+func (b *objectBatch) isFlagged(d string) bool { return b.flagged[d] }
 
 // addFile stores the content of the regular file at path, refusing to
 // follow a symlink, and returns its digest and size.
@@ -100,9 +113,21 @@ func (b *objectBatch) addFile(path string) (string, int64, error) {
 
 // add stores what r yields and returns its digest and size. Content the
 // store or the batch already holds is not written twice; an object that
-// exists has its mtime refreshed, so a concurrent garbage collection
-// keeps it.
+// exists has its mtime refreshed. An existing object whose size is wrong,
+// or that verify flagged as corrupt, is replaced by the fresh copy when
+// the batch commits.
 func (b *objectBatch) add(r io.Reader) (string, int64, error) {
+	return b.addAs(r, "")
+}
+
+// errContentDiffers is returned by addAs when what it read does not hash
+// to the digest it wanted.
+var errContentDiffers = errors.New("content differs")
+
+// addAs is add; with want set, it stores the content only if it hashes to
+// want (returning errContentDiffers otherwise), and then always replaces
+// the existing object: it is how a repair rewrites a corrupt one.
+func (b *objectBatch) addAs(r io.Reader, want string) (string, int64, error) {
 	tmp, err := os.CreateTemp(b.s.dir, ".tmp-*")
 	if err != nil {
 		return "", 0, fmt.Errorf("writing object: %w", err)
@@ -119,16 +144,32 @@ func (b *objectBatch) add(r io.Reader) (string, int64, error) {
 		os.Remove(tmpName)
 		return "", 0, fmt.Errorf("writing object: %w", err)
 	}
-	if b.s.has(d) {
-		now := time.Now()
-		os.Chtimes(b.s.path(d), now, now)
+	if want != "" && d != want {
 		os.Remove(tmpName)
-		return d, n, nil
+		return d, n, errContentDiffers
+	}
+	replace := want != ""
+	if !replace {
+		info, err := os.Lstat(b.s.path(d))
+		switch {
+		case err == nil && info.Mode().IsRegular() && info.Size() == n && !b.flagged[d]:
+			now := time.Now()
+			os.Chtimes(b.s.path(d), now, now)
+			os.Remove(tmpName)
+			return d, n, nil
+		case err == nil:
+			// A corrupt object: the fresh copy heals it, atomically by
+			// rename, rather than every later point sharing the damage.
+			replace = true
+		}
 	}
 	b.mu.Lock()
 	_, dup := b.pending[d]
 	if !dup {
 		b.pending[d] = tmpName
+	}
+	if replace {
+		b.replace[d] = true
 	}
 	b.mu.Unlock()
 	if dup {
@@ -168,6 +209,7 @@ func (b *objectBatch) commit() error {
 			}
 			fans[fan] = true
 		}
+		// Rename replaces an existing (corrupt) object atomically.
 		if err := os.Rename(tmp, filepath.Join(fan, d)); err != nil {
 			return fmt.Errorf("writing objects: %w", err)
 		}
@@ -179,6 +221,11 @@ func (b *objectBatch) commit() error {
 			return fmt.Errorf("writing objects: %w", err)
 		}
 	}
+	// Only once the good copies are durable under their names.
+	for d := range b.replace {
+		b.s.unflag(d)
+		delete(b.replace, d)
+	}
 	return nil
 }
 
@@ -189,6 +236,7 @@ func (b *objectBatch) abort() {
 	for d, tmp := range b.pending {
 		os.Remove(tmp)
 		delete(b.pending, d)
+		delete(b.replace, d)
 	}
 }
 
@@ -263,16 +311,134 @@ func (s *objectStore) walk(ctx context.Context, fn func(d string, info fs.FileIn
 	return nil
 }
 
-// remove deletes object d.
+// remove deletes object d, and its corrupt flag.
 func (s *objectStore) remove(d string) error {
 	if err := checkDigest(d); err != nil {
 		return err
 	}
 	err := os.Remove(s.path(d))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		err = nil
+	}
+	if err == nil {
+		s.unflag(d)
 	}
 	return err
+}
+
+// flagDir holds one empty file per object verify found corrupt, named by
+// its digest. The flags outlive the process, so the next create replaces
+// the object from a fresh read of the file instead of reusing its digest,
+// and `point verify --repair` knows what to rewrite. A flag is removed
+// when a good copy replaces the object, when verify finds the object
+// good again, or when cleanup removes the object.
+const flagDir = ".corrupt"
+
+// flag records that object d is corrupt. It is best effort (a verify by
+// a user who cannot write the store still reports the damage), and says
+// why it failed.
+func (s *objectStore) flag(d string) error {
+	if err := checkDigest(d); err != nil {
+		return err
+	}
+	dir := filepath.Join(s.dir, flagDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, d), os.O_WRONLY|os.O_CREATE, 0o640)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return syncDir(dir)
+}
+
+// unflag removes object d's corrupt flag, if any.
+func (s *objectStore) unflag(d string) {
+	if checkDigest(d) == nil {
+		os.Remove(filepath.Join(s.dir, flagDir, d))
+	}
+}
+
+// flagged returns the objects flagged corrupt; nil when there are none.
+func (s *objectStore) flagged() map[string]bool {
+	ents, err := os.ReadDir(filepath.Join(s.dir, flagDir))
+	if err != nil || len(ents) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(ents))
+	for _, e := range ents {
+		if checkDigest(e.Name()) == nil {
+			out[e.Name()] = true
+		}
+	}
+	return out
+}
+
+// leaseFile is the object store's lease: every writer that may name an
+// object without writing it (a create reusing digests, a repair) holds
+// it shared from before it reads the catalog until its point is
+// committed, and cleanup holds it exclusive while it decides which
+// objects are unreferenced and removes them. So cleanup never removes an
+// object that a point being created will name, and a create never picks
+// a parent whose objects are being removed.
+//
+// It is an flock(2) on a file in the store: objects are per host, and so
+// is their lease, so another host's creates never hold up this host's
+// cleanup. The kernel drops it when its holder dies, so a create killed
+// with -9 never blocks cleanup; one that hangs holds it only until the
+// waiter's bound runs out, and the waiter says so.
+const leaseFile = ".lease"
+
+// objectLease is a held lease; release drops it.
+type objectLease struct{ f *os.File }
+
+// errLeaseHeld is returned by lease when the bound ran out.
+var errLeaseHeld = errors.New("object store lease held")
+
+// lease takes the store's lease, shared or exclusive, waiting up to wait
+// (or until ctx ends). held, if not nil, is called once if it has to wait.
+func (s *objectStore) lease(ctx context.Context, exclusive bool, wait time.Duration, held func()) (*objectLease, error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, leaseFile), os.O_RDONLY|os.O_CREATE|unix.O_CLOEXEC, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("taking the object store lease: %w", err)
+	}
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	deadline := time.Now().Add(wait)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err == nil {
+			return &objectLease{f: f}, nil
+		}
+		if err != unix.EWOULDBLOCK && err != unix.EINTR {
+			f.Close()
+			return nil, fmt.Errorf("taking the object store lease: %w", err)
+		}
+		if held != nil {
+			held()
+			held = nil
+		}
+		if !time.Now().Before(deadline) {
+			f.Close()
+			return nil, errLeaseHeld
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+}
+
+// release drops the lease. A nil lease is a no-op.
+func (l *objectLease) release() {
+	if l != nil {
+		l.f.Close() // closing the only descriptor drops the flock
+	}
 }
 
 // syncDir fsyncs a directory so renames and creations in it are durable.

@@ -82,18 +82,28 @@ type Operation struct {
 	// Point is the point created, verified or restored.
 	Point string `json:"point,omitempty"`
 	// PreRollbackPoint is the automatic point of the state before a restore.
-	PreRollbackPoint string     `json:"pre_rollback_point,omitempty"`
-	DryRun           bool       `json:"dry_run,omitempty"`
-	Force            bool       `json:"force,omitempty"`
-	Only             []string   `json:"only,omitempty"`
-	Host             string     `json:"host"`
-	PID              int        `json:"pid"`
-	Status           string     `json:"status"`
-	Started          time.Time  `json:"started"`
-	Finished         *time.Time `json:"finished,omitempty"`
-	Duration         Duration   `json:"duration,omitempty"`
-	Steps            []Step     `json:"steps_completed"`
-	Errors           []string   `json:"errors,omitempty"`
+	PreRollbackPoint string   `json:"pre_rollback_point,omitempty"`
+	DryRun           bool     `json:"dry_run,omitempty"`
+	Force            bool     `json:"force,omitempty"`
+	Only             []string `json:"only,omitempty"`
+	Host             string   `json:"host"`
+	// HostID is the id of the host that runs the operation (see
+	// Options.HostIDFile). Only that host recovers it.
+	HostID string `json:"host_id,omitempty"`
+	PID    int    `json:"pid"`
+	// PIDStart (the process's start time in clock ticks since boot) and
+	// BootID tell the process apart from a later one reusing its pid.
+	PIDStart uint64     `json:"pid_start,omitempty"`
+	BootID   string     `json:"boot_id,omitempty"`
+	Status   string     `json:"status"`
+	Started  time.Time  `json:"started"`
+	Finished *time.Time `json:"finished,omitempty"`
+	Duration Duration   `json:"duration,omitempty"`
+	Steps    []Step     `json:"steps_completed"`
+	Errors   []string   `json:"errors,omitempty"`
+	// Warnings say what went through but not as recorded: for a restore,
+	// owners, setuid bits and xattrs this process could not give back.
+	Warnings []string `json:"warnings,omitempty"`
 	// Plan is what a restore changes (or, for a dry run, would change).
 	Plan *Plan `json:"plan,omitempty"`
 	// Journal is the swap journal of a restore; see doc.go.
@@ -102,10 +112,22 @@ type Operation struct {
 	// operation after its process died.
 	Recovered   *time.Time `json:"recovered,omitempty"`
 	RecoveredBy string     `json:"recovered_by,omitempty"`
+	// Lock is when the restore held the fleet's restore lock: Acquired is
+	// taken just after the lock was granted and Released just before it
+	// was let go, so the span lies within the time it was really held.
+	Lock *LockSpan `json:"lock,omitempty"`
 
 	Verify     *VerifyReport     `json:"verify,omitempty"`
 	Cleanup    *CleanupReport    `json:"cleanup,omitempty"`
 	Validation *ValidationReport `json:"validation,omitempty"`
+}
+
+// LockSpan is when an operation held the restore lock, and how long it
+// waited for it first.
+type LockSpan struct {
+	Acquired time.Time  `json:"acquired"`
+	Released *time.Time `json:"released,omitempty"`
+	Waited   Duration   `json:"waited,omitempty"`
 }
 
 // newOp starts an operation record and stores it.
@@ -115,15 +137,18 @@ func (m *Manager) newOp(ctx context.Context, kind, trigger, reason string) (*Ope
 		var rnd [3]byte
 		rand.Read(rnd[:])
 		op := &Operation{
-			ID:      "op-" + now.Format("20060102-150405") + "-" + hex.EncodeToString(rnd[:]),
-			Kind:    kind,
-			Trigger: trigger,
-			Reason:  reason,
-			Host:    m.opts.Host,
-			PID:     m.pid,
-			Status:  StatusRunning,
-			Started: now,
-			Steps:   []Step{},
+			ID:       "op-" + now.Format("20060102-150405") + "-" + hex.EncodeToString(rnd[:]),
+			Kind:     kind,
+			Trigger:  trigger,
+			Reason:   reason,
+			Host:     m.opts.Host,
+			HostID:   m.hostID,
+			PID:      m.pid,
+			PIDStart: m.pidStart,
+			BootID:   m.boot,
+			Status:   StatusRunning,
+			Started:  now,
+			Steps:    []Step{},
 		}
 		b, err := m.encodeOp(op)
 		if err != nil {
@@ -163,6 +188,7 @@ func (m *Manager) encodeOp(op *Operation) ([]byte, error) {
 	if c.Verify != nil {
 		v := *c.Verify
 		v.Problems = truncate(v.Problems, 200)
+		v.Repaired = truncate(v.Repaired, 200)
 		c.Verify = &v
 	}
 	if c.Cleanup != nil {
@@ -203,6 +229,19 @@ func (m *Manager) saveOp(ctx context.Context, op *Operation) error {
 	return nil
 }
 
+// saveOpRetry saves op, trying three times over about a second: for a
+// journal change that must be durable before the next action.
+func (m *Manager) saveOpRetry(ctx context.Context, op *Operation) error {
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = m.saveOp(ctx, op); err == nil {
+			return nil
+		}
+		time.Sleep(time.Duration(i+1) * 150 * time.Millisecond)
+	}
+	return err
+}
+
 // saveOpWarn saves op and only warns on failure.
 func (m *Manager) saveOpWarn(ctx context.Context, op *Operation) {
 	if err := m.saveOp(ctx, op); err != nil {
@@ -229,7 +268,10 @@ func (m *Manager) finish(ctx context.Context, op *Operation, err error) {
 	now := m.now()
 	op.Finished = &now
 	op.Duration = Duration(now.Sub(op.Started))
-	if op.Status == StatusRunning {
+	m.abandonMu.Lock()
+	abandoned := m.abandoned[op.ID]
+	m.abandonMu.Unlock()
+	if op.Status == StatusRunning && !abandoned {
 		if err != nil {
 			op.Status = StatusFailed
 		} else {

@@ -12,8 +12,11 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/leanvibe/switchback/state"
 )
@@ -35,6 +38,9 @@ type Point struct {
 	Tags           []string        `json:"tags,omitempty"`
 	Trigger        string          `json:"trigger,omitempty"`
 	Host           string          `json:"host,omitempty"`
+	// HostID is the id of the host that created the point, whose disk
+	// holds its objects (see Options.HostIDFile).
+	HostID string `json:"host_id,omitempty"`
 	// Parent is the point whose digests were reused, if any.
 	Parent string `json:"parent,omitempty"`
 	// Auto is "pre-rollback" for the automatic point a restore makes.
@@ -43,6 +49,11 @@ type Point struct {
 	// find the pre-rollback point of a restore that died before its record
 	// named it.
 	Op string `json:"op,omitempty"`
+	// ChangedCount counts the files that kept changing while they were
+	// read: the point holds what the last read saw (see
+	// Entry.Changed). Changed lists the first of them.
+	ChangedCount int      `json:"changed_count,omitempty"`
+	Changed      []string `json:"changed,omitempty"`
 	// LastVerified is when VerifyPoint last ran; Verified is its result.
 	LastVerified *time.Time `json:"last_verified,omitempty"`
 	Verified     bool       `json:"verified"`
@@ -67,12 +78,15 @@ type CreateOptions struct {
 // AutoPreRollback is the Auto value of the point a restore makes first.
 const AutoPreRollback = "pre-rollback"
 
+// maxChangedListed bounds Point.Changed so its record fits in the store.
+const maxChangedListed = 20
+
 // maxMetadata bounds a point's metadata so its record fits in the store.
 const maxMetadata = 64 << 10
 
 // CreatePoint snapshots the paths of opts.Type into a new point. Files
-// unchanged since the newest point of the same path (same size, mtime and
-// inode) reuse its digests. Nothing is added to the catalog unless every
+// unchanged since the newest point of the same path (same size, mtime,
+// ctime and inode, neither time racy; see scanRoot) reuse its digests. Nothing is added to the catalog unless every
 // file was read and stored.
 func (m *Manager) CreatePoint(ctx context.Context, opts CreateOptions) (Point, error) {
 	meta, err := checkMetadata(opts.Metadata)
@@ -144,6 +158,13 @@ func (m *Manager) createPoint(ctx context.Context, opID string, spec pointSpec) 
 }
 
 func (m *Manager) createPointManifest(ctx context.Context, opID string, spec pointSpec) (Point, *Manifest, error) {
+	// The object lease, shared, from before the parent is chosen until the
+	// point is committed: cleanup cannot remove the objects it reuses.
+	lease, err := m.objectLease(ctx, false)
+	if err != nil {
+		return Point{}, nil, err
+	}
+	defer lease.release()
 	all, err := m.listPoints(ctx)
 	if err != nil {
 		return Point{}, nil, err
@@ -156,11 +177,13 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 	// the manifest names it.
 	objs := m.objects.batch()
 	defer objs.abort()
+	var changed []string
 	for _, root := range spec.roots {
-		rm, parent, err := m.scanRoot(ctx, opID, root, all, objs)
+		rm, parent, ch, err := m.scanRoot(ctx, opID, root, all, objs)
 		if err != nil {
 			return Point{}, nil, err
 		}
+		changed = append(changed, ch...)
 		if parent != "" {
 			parents[parent] = true
 		}
@@ -183,7 +206,8 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 		Type: spec.typ, Components: spec.components, Roots: spec.roots,
 		Created: m.now(), Size: size, Files: files, ManifestDigest: digest,
 		Metadata: spec.metadata, Tags: spec.tags, Trigger: spec.trigger,
-		Host: m.opts.Host, Auto: spec.auto, Op: opID,
+		Host: m.opts.Host, HostID: m.hostID, Auto: spec.auto, Op: opID,
+		ChangedCount: len(changed), Changed: truncate(changed, maxChangedListed),
 	}
 	for par := range parents {
 		p.Parent = par // one root's parent; informational
@@ -258,137 +282,288 @@ func (m *Manager) commitPoint(ctx context.Context, p *Point, manifest []byte) er
 }
 
 // scanRoot records root: every entry below it, storing the content of
-// files that changed since the parent point.
-func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point, objs *objectBatch) (RootManifest, string, error) {
-	rm := RootManifest{Path: root}
-	info, err := os.Lstat(root)
-	if errors.Is(err, fs.ErrNotExist) {
-		rm.Absent = true
-		return rm, "", nil
+// files that changed since the parent point. It walks by directory
+// handles (walkTree) and reads each file through a handle opened below
+// the root's parent without following any symlink (openBeneath), checked
+// against what the walk saw. It returns the root's manifest, the parent
+// point whose digests it reused, and the paths recorded as changed
+// while they were read.
+func (m *Manager) scanRoot(ctx context.Context, opID, root string, all []Point, objs *objectBatch) (RootManifest, string, []string, error) {
+	rm := RootManifest{Path: root, Scanned: fsNow()}
+	if m.fsClock != nil {
+		rm.Scanned = m.fsClock()
 	}
-	if err != nil {
-		return rm, "", userErr(err, "cannot read %s: %v", root, err)
-	}
-	parentID, prev := m.parentEntries(root, all)
+	parentID, prev, parentScanned := m.parentEntries(root, all)
 
 	type job struct {
-		idx  int
-		path string
+		idx int
+		rel string
+		st  unix.Stat_t
 	}
 	var jobs []job
 	var total int64
-	add := func(rel, abs string, info fs.FileInfo) error {
-		e := entryFromInfo(rel, info)
+	groups := map[[2]uint64]uint64{} // device and inode → hard-link group
+	add := func(dirFd int, name, rel string, st *unix.Stat_t, fd int) error {
+		e := entryFromStat(rel, st)
+		abs := joinRel(root, rel)
+		if e.Type == "" {
+			m.warn(fmt.Errorf("skipping %s: %s", abs, kindOf(st)))
+			return nil
+		}
+		// Unchanged since the parent point read it: ctime moves with any
+		// change of content, mode, owner, links or xattrs, and a time not
+		// older than the parent's scan may hide a change made in the same
+		// clock tick, after the parent read it.
+		pe, ok := prev[rel]
+		same := ok && pe.Type == e.Type && pe.Ino == e.Ino && e.Ino != 0 && pe.MTime == e.MTime && pe.CTime == e.CTime &&
+			pe.CTime != 0 && !pe.Changed && e.MTime < parentScanned && e.CTime < parentScanned
+		if same {
+			e.Xattrs = pe.Xattrs
+		}
+		var err error
 		switch e.Type {
 		case EntryFile:
-			if pe, ok := prev[rel]; ok && pe.Type == EntryFile && pe.Size == e.Size && pe.MTime == e.MTime && pe.Ino == e.Ino && e.Ino != 0 {
+			if st.Nlink > 1 && rel != "." {
+				k := [2]uint64{st.Dev, st.Ino}
+				if g, ok := groups[k]; ok {
+					// A further name of a file already recorded: it gets
+					// the first one's content once that is read.
+					e.Link = g
+					rm.Entries = append(rm.Entries, e)
+					return nil
+				}
+				e.Link = uint64(len(groups) + 1)
+				groups[k] = e.Link
+			}
+			if same && pe.Size == e.Size && !objs.isFlagged(pe.Digest) {
 				e.Digest = pe.Digest
 			} else {
-				jobs = append(jobs, job{len(rm.Entries), abs})
+				e.Xattrs = nil
+				jobs = append(jobs, job{len(rm.Entries), rel, *st})
 				total += e.Size
 			}
 		case EntryDir:
+			if !same {
+				e.Xattrs, err = listXattrsFd(fd)
+			}
 		case EntrySymlink:
-			t, err := os.Readlink(abs)
-			if err != nil {
+			if e.Target, err = readlinkAt(dirFd, name); err != nil {
 				return userErr(err, "cannot read link %s: %v", abs, err)
 			}
-			e.Target = t
-		default:
-			m.warn(fmt.Errorf("skipping %s: not a file, directory or symlink", abs))
-			return nil
+			fallthrough
+		case EntryFIFO:
+			if !same {
+				e.Xattrs, err = listXattrsAt(dirFd, name)
+			}
+		}
+		if err != nil {
+			return userErr(err, "cannot read the extended attributes of %s: %v", abs, err)
 		}
 		rm.Entries = append(rm.Entries, e)
 		return nil
 	}
-	if err := add(".", root, info); err != nil {
-		return rm, "", err
+	vanished := func(rel string) {
+		m.warn(fmt.Errorf("%s vanished while the point was being made; it is not in the point", joinRel(root, rel)))
 	}
-	if info.IsDir() {
-		err := walkDir(ctx, root, "", func(rel, abs string, info fs.FileInfo) error {
-			return add(rel, abs, info)
-		})
-		if err != nil {
-			return rm, "", passCanceled(ctx, err)
+	if err := walkTree(ctx, root, add, vanished); err != nil {
+		if errors.Is(err, errRootAbsent) {
+			return RootManifest{Path: root, Absent: true}, "", nil, nil
 		}
+		return rm, "", nil, passCanceled(ctx, err)
+	}
+	pfd, err := unix.Open(filepath.Dir(root), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return rm, "", nil, userErr(err, "cannot read %s: %v", filepath.Dir(root), err)
+	}
+	defer unix.Close(pfd)
+	base := filepath.Base(root)
+	beneath := func(rel string) string {
+		if rel == "." {
+			return base
+		}
+		return base + "/" + rel
 	}
 	pr := m.progress(opID, "hash "+root, int64(len(jobs)), total)
 	defer pr.done()
-	err = parallel(ctx, m.opts.Workers, len(jobs), func(i int) error {
-		j := jobs[i]
-		if err := m.hook("open " + j.path); err != nil {
-			return userErr(err, "cannot read %s: %v", j.path, err)
-		}
-		d, n, err := objs.addFile(j.path)
-		if err != nil {
-			if errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.EIO) {
-				return userErr(err, "cannot read %s: %v", j.path, err)
-			}
-			return fmt.Errorf("storing %s: %w", j.path, err)
-		}
+	var mu sync.Mutex
+	var changed []string
+	read := func(j job) error {
 		e := &rm.Entries[j.idx]
-		if n != e.Size {
-			return userErr(nil, "%s changed while it was being read (%d bytes, then %d)", j.path, e.Size, n)
-		}
-		e.Digest = d
-		pr.add(1, n)
-		return nil
-	})
-	if err != nil {
-		return rm, "", passCanceled(ctx, err)
-	}
-	return rm, parentID, nil
-}
-
-// walkDir calls fn for every entry below dir (not dir itself), parents
-// before children, in name order, without following symlinks.
-func walkDir(ctx context.Context, dir, rel string, fn func(rel, abs string, info fs.FileInfo) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return userErr(err, "cannot read %s: %v", dir, err)
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		return userErr(err, "cannot read %s: %v", dir, err)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		abs := dir + "/" + name
-		r := name
-		if rel != "" {
-			r = rel + "/" + name
-		}
-		info, err := os.Lstat(abs)
+		abs := joinRel(root, j.rel)
+		gone, unstable, err := m.readFile(pfd, beneath(j.rel), abs, e, j.st, objs)
 		if err != nil {
-			return userErr(err, "cannot read %s: %v", abs, err)
-		}
-		if err := fn(r, abs, info); err != nil {
 			return err
 		}
-		if info.IsDir() {
-			if err := walkDir(ctx, abs, r, fn); err != nil {
-				return err
-			}
+		if gone {
+			vanished(j.rel)
+			e.Type = "" // dropped below
 		}
+		if unstable {
+			mu.Lock()
+			changed = append(changed, abs)
+			mu.Unlock()
+		}
+		pr.add(1, e.Size)
+		return nil
+	}
+	err = parallel(ctx, m.opts.Workers, len(jobs), func(i int) error { return read(jobs[i]) })
+	if err != nil {
+		return rm, "", nil, passCanceled(ctx, err)
+	}
+	if len(groups) > 0 {
+		if err := m.linkGroups(&rm, func(i int) error { return read(job{i, rm.Entries[i].Path, unix.Stat_t{}}) }); err != nil {
+			return rm, "", nil, passCanceled(ctx, err)
+		}
+	}
+	if len(rm.Entries) == 0 || rm.Entries[0].Type == "" {
+		// The root itself vanished while it was read.
+		return RootManifest{Path: root, Absent: true}, "", nil, nil
+	}
+	rm.Entries = slices.DeleteFunc(rm.Entries, func(e Entry) bool { return e.Type == "" })
+	sort.Strings(changed)
+	return rm, parentID, changed, nil
+}
+
+// linkGroups completes the hard-link groups of rm: every further name of
+// a file gets the content and metadata read for its first name (reading
+// it with read if the first vanished), and groups left with one name are
+// dissolved. Groups are renumbered in order.
+func (m *Manager) linkGroups(rm *RootManifest, read func(i int) error) error {
+	leader := map[uint64]int{}
+	count := map[uint64]int{}
+	for i := range rm.Entries {
+		e := &rm.Entries[i]
+		if e.Link == 0 || e.Type == "" {
+			continue
+		}
+		count[e.Link]++
+		k, ok := leader[e.Link]
+		if !ok {
+			if e.Digest == "" {
+				// Its first name vanished before it was read.
+				if err := read(i); err != nil {
+					return err
+				}
+				if e.Type == "" {
+					count[e.Link]--
+					continue
+				}
+			}
+			leader[e.Link] = i
+			continue
+		}
+		l := rm.Entries[k]
+		e.Mode, e.UID, e.GID, e.MTime, e.CTime, e.Ino = l.Mode, l.UID, l.GID, l.MTime, l.CTime, l.Ino
+		e.Size, e.Digest, e.Xattrs, e.Changed = l.Size, l.Digest, l.Xattrs, l.Changed
+	}
+	renum := map[uint64]uint64{}
+	for i := range rm.Entries {
+		e := &rm.Entries[i]
+		if e.Link == 0 || e.Type == "" {
+			continue
+		}
+		if count[e.Link] < 2 {
+			e.Link = 0
+			continue
+		}
+		if renum[e.Link] == 0 {
+			renum[e.Link] = uint64(len(renum) + 1)
+		}
+		e.Link = renum[e.Link]
 	}
 	return nil
 }
 
-// parentEntries returns the newest point covering root and its entries
-// for root, by path; nil when there is none or its manifest is unusable.
-func (m *Manager) parentEntries(root string, all []Point) (string, map[string]Entry) {
+// readFile stores the content of the regular file at rel below the
+// directory pfd (abs names it in messages) and completes e from the
+// handle it read: an opened handle that is not the walked file (device,
+// inode, type) is not read, and a read the file changed under (size,
+// mtime or ctime differ after it, or fewer bytes than its size) is
+// retried. After maxReadAttempts, e keeps what the last read saw, marked
+// Changed, with a warning, and unstable is true. gone reports the file
+// vanished.
+func (m *Manager) readFile(pfd int, rel, abs string, e *Entry, walked unix.Stat_t, objs *objectBatch) (gone, unstable bool, err error) {
+	want := walked
+	for attempt := 1; ; attempt++ {
+		if err := m.hook("open " + abs); err != nil {
+			return false, false, userErr(err, "cannot read %s: %v", abs, err)
+		}
+		fd, err := openBeneath(pfd, rel, unix.O_RDONLY|unix.O_NONBLOCK)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			return true, false, nil
+		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR):
+			return false, false, userErr(err, "cannot read %s: it or a directory above it was replaced by a symlink or a file while the point was being made", abs)
+		case err != nil:
+			return false, false, userErr(err, "cannot read %s: %v", abs, err)
+		}
+		f := os.NewFile(uintptr(fd), abs)
+		var pre, post unix.Stat_t
+		if err := unix.Fstat(fd, &pre); err != nil {
+			f.Close()
+			return false, false, userErr(err, "cannot read %s: %v", abs, err)
+		}
+		if pre.Mode&unix.S_IFMT != unix.S_IFREG || pre.Dev != want.Dev || pre.Ino != want.Ino {
+			// Not the file walked: something was swapped in. It is not
+			// read (a FIFO would block); what is there now is looked at
+			// again, and a file that stays put is read.
+			f.Close()
+			if attempt >= maxReadAttempts {
+				if pre.Mode&unix.S_IFMT != unix.S_IFREG {
+					return false, false, userErr(nil, "%s was replaced by %s while the point was being made", abs, kindOf(&pre))
+				}
+				return false, false, userErr(nil, "%s kept being replaced while the point was being made", abs)
+			}
+			want = pre
+			continue
+		}
+		if err := m.hook("opened " + abs); err != nil {
+			f.Close()
+			return false, false, userErr(err, "cannot read %s: %v", abs, err)
+		}
+		xs, xerr := listXattrsFd(fd)
+		d, n, err := objs.add(f)
+		if err == nil {
+			err = unix.Fstat(fd, &post)
+		}
+		f.Close()
+		if err == nil {
+			err = xerr
+		}
+		if err != nil {
+			if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EIO) {
+				return false, false, userErr(err, "cannot read %s: %v", abs, err)
+			}
+			return false, false, fmt.Errorf("storing %s: %w", abs, err)
+		}
+		path, link := e.Path, e.Link
+		*e = entryFromStat(path, &pre)
+		e.Link, e.Digest, e.Size, e.Xattrs = link, d, n, xs
+		if n == pre.Size && post.Size == pre.Size && post.Mtim == pre.Mtim && post.Ctim == pre.Ctim {
+			return false, false, nil
+		}
+		if attempt >= maxReadAttempts {
+			e.MTime, e.CTime, e.Changed = post.Mtim.Nano(), post.Ctim.Nano(), true
+			m.warn(fmt.Errorf("%s changed while it was being read, %d times; the point holds what the last read saw, marked changed", abs, attempt))
+			return false, true, nil
+		}
+		want = post
+	}
+}
+
+// parentEntries returns the newest point of this host covering root, its
+// entries for root by path, and when that root was scanned; "" and nil
+// when there is none or its manifest is unusable. Points of other hosts
+// are never parents: their inodes and objects are not this host's.
+func (m *Manager) parentEntries(root string, all []Point) (string, map[string]Entry, int64) {
 	for _, p := range all {
-		if !slices.Contains(p.Roots, root) {
+		if !slices.Contains(p.Roots, root) || p.Host != m.opts.Host {
 			continue
 		}
 		mf, err := m.loadManifest(p, false)
 		if err != nil {
 			m.warn(fmt.Errorf("not reusing digests of %s: %w", p.ID, err))
-			return "", nil
+			return "", nil, 0
 		}
 		for _, r := range mf.Roots {
 			if r.Path == root {
@@ -396,11 +571,11 @@ func (m *Manager) parentEntries(root string, all []Point) (string, map[string]En
 				for _, e := range r.Entries {
 					prev[e.Path] = e
 				}
-				return p.ID, prev
+				return p.ID, prev, r.Scanned
 			}
 		}
 	}
-	return "", nil
+	return "", nil, 0
 }
 
 // ListOptions filter ListPoints.

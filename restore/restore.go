@@ -33,6 +33,19 @@ var (
 
 	// ErrLockLost is wrapped when the restore lock was lost mid-restore.
 	ErrLockLost = errors.New("restore lock lost")
+
+	// ErrForeignPoint is wrapped when a point was created on another host:
+	// its objects are on that host's disk, not here.
+	ErrForeignPoint = errors.New("point of another host")
+
+	// ErrMountPoint is wrapped when a root to restore is a mount point,
+	// which cannot be swapped by rename.
+	ErrMountPoint = errors.New("root is a mount point")
+
+	// ErrUnfinished is wrapped when a restore refuses to start because an
+	// earlier restore of this host is unfinished and could not be
+	// recovered.
+	ErrUnfinished = errors.New("unfinished restore")
 )
 
 // Error is an error meant for the user: its message is complete and can be
@@ -69,6 +82,14 @@ type Options struct {
 	// Host names this host in lock holders and records (default os.Hostname).
 	Host string
 
+	// HostIDFile is the file holding this host's id, created with a random
+	// id the first time (default: host-id in the backups directory). The
+	// id, recorded with Host in every point and operation, is what makes a
+	// point or an unfinished restore this host's: recovery acts only on
+	// this host's operations and a restore only uses this host's points,
+	// whatever the host is called now.
+	HostIDFile string
+
 	// Logger receives structured logs (default: discarded).
 	Logger *slog.Logger
 
@@ -99,8 +120,18 @@ type Manager struct {
 	log     *slog.Logger
 	objects *objectStore
 	pid     int
+	// hostID is this host's id; pidStart and boot tell this process apart
+	// from an earlier one with the same pid (see pidAlive).
+	hostID   string
+	pidStart uint64
+	boot     string
 
 	progressMu sync.Mutex
+
+	// abandoned holds the operations this process gave up on (a revert it
+	// could not record): recovery may finish them though it still runs.
+	abandonMu sync.Mutex
+	abandoned map[string]bool
 
 	// testHook, if set, is called at named points of a restore (tests use
 	// it to widen crash windows and inject faults).
@@ -108,6 +139,9 @@ type Manager struct {
 	// newWriter, if set, wraps file writes while staging (tests inject a
 	// failing writer to simulate a full disk).
 	newWriter func(w io.Writer) io.Writer
+	// fsClock, if set, replaces fsNow as the scan start of new points
+	// (tests make every timestamp racy with it).
+	fsClock func() int64
 }
 
 // New returns a Manager on st with cfg, whose relative paths are made
@@ -149,7 +183,16 @@ func New(st state.Store, cfg Config, opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{st: st, cfg: cfg, opts: opts, log: log, objects: objs, pid: os.Getpid()}, nil
+	if opts.HostIDFile == "" {
+		opts.HostIDFile = filepath.Join(cfg.Backups, hostIDFile)
+	}
+	hostID, err := loadHostID(opts.HostIDFile)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{st: st, cfg: cfg, opts: opts, log: log, objects: objs, pid: os.Getpid(), hostID: hostID, boot: bootID()}
+	m.pidStart, _ = procStart(m.pid)
+	return m, nil
 }
 
 // Config returns the configuration in use, with absolute paths and defaults.

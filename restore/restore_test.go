@@ -57,7 +57,7 @@ func TestCreateAndRollbackRoundTrip(t *testing.T) {
 	for _, s := range op.Steps {
 		names = append(names, s.Name)
 	}
-	want := "pre_checks lock pre_rollback_point pre_restore stage fsync swap remove_old post_restore validate"
+	want := "pre_checks lock pre_restore pre_rollback_point stage fsync swap remove_old post_restore validate"
 	if strings.Join(names, " ") != want {
 		t.Fatalf("steps = %v, want %s", names, want)
 	}

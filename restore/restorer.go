@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -28,7 +31,8 @@ type RollbackOptions struct {
 	// Reason is a free-text explanation kept in the record.
 	Reason string
 	// Force skips the pre-checks (manifest digest, object integrity, disk
-	// space) and nothing else.
+	// space), and lets the restore go on when the automatic pre-rollback
+	// point cannot be made.
 	Force bool
 	// DryRun runs the pre-checks and returns the plan without changing
 	// anything.
@@ -37,6 +41,10 @@ type RollbackOptions struct {
 	// the working directory), each a root of the point or below one. The
 	// rest of each root is kept as it is live.
 	Only []string
+	// LockWait is how long to wait for the restore lock while another
+	// restore holds it (zero: fail at once with ErrRestoreInProgress).
+	// Automatic restores wait, so a fleet restores one host at a time.
+	LockWait time.Duration
 }
 
 // Plan is what a restore changes, by absolute path. Directories whose only
@@ -123,6 +131,13 @@ type target struct {
 	root    string
 	desired RootManifest
 	only    []string // rel paths restored; nil means the whole root
+
+	// Set by diff: writeBytes is what staging copies next to the root;
+	// preBytes the live files the restore replaces or removes, which the
+	// pre-rollback point may store as new objects.
+	writeBytes, preBytes int64
+	// changed says the plan adds, removes or modifies something in it.
+	changed bool
 }
 
 // restore runs the restore steps for p on op.
@@ -134,6 +149,9 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 	)
 	// Step 1: pre-checks.
 	err := m.step(ctx, op, "pre_checks", func(s *Step) error {
+		if !m.ownPoint(p) {
+			return foreignPointErr(p)
+		}
 		var err error
 		mf, err = m.loadManifest(p, opts.Force)
 		if err != nil {
@@ -142,12 +160,16 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 		if targets, err = m.targets(mf, opts.Only); err != nil {
 			return err
 		}
+
 		op.Only = opts.Only
 		var toCopy map[string]bool
 		if plan, toCopy, err = m.diff(ctx, targets); err != nil {
 			return err
 		}
 		op.Plan = &plan
+		if err := checkNotMountPoints(targets); err != nil {
+			return err
+		}
 		if opts.Force {
 			s.Detail = "skipped (forced)"
 			return nil
@@ -165,32 +187,113 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 		return err
 	}
 
-	// Step 2: the lock.
-	lock, err := m.lockStep(ctx, op)
+	// Step 2: the lock, then this host's unfinished restores.
+	lock, err := m.lockStep(ctx, op, opts.LockWait)
 	if err != nil {
 		return err
 	}
-	defer lock.Unlock()
-	return m.restoreLocked(ctx, op, p, targets, lock.Lost())
+	defer m.unlock(op, lock)
+	return m.restoreLocked(ctx, op, p, opts, targets, lock.Lost())
 }
 
-// lockStep takes the restore lock as a step of op.
-func (m *Manager) lockStep(ctx context.Context, op *Operation) (state.Lock, error) {
+// lockPoll bounds the pause between two tries for a held lock.
+const lockPoll = 2 * time.Second
+
+// lockStep takes the restore lock as a step of op, waiting up to wait
+// while another holder has it. Holding it, it recovers this host's
+// unfinished restores first (a stale journal must never be finished
+// over this restore's result later), and refuses if one remains.
+func (m *Manager) lockStep(ctx context.Context, op *Operation, wait time.Duration) (state.Lock, error) {
 	var lock state.Lock
 	err := m.step(ctx, op, "lock", func(s *Step) error {
 		h, _ := json.Marshal(holder{Host: m.opts.Host, Op: op.ID, PID: m.pid})
-		var err error
-		lock, err = m.st.Lock(ctx, state.RestoreLock, h)
-		if err != nil {
-			return lockHeldErr(passCanceled(ctx, err))
+		t0 := time.Now()
+		deadline := t0.Add(wait)
+		pause := 100 * time.Millisecond
+		for {
+			var err error
+			lock, err = m.st.Lock(ctx, state.RestoreLock, h)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, state.ErrLockHeld) || wait <= 0 || !time.Now().Add(pause).Before(deadline) {
+				if wait > 0 && errors.Is(err, state.ErrLockHeld) {
+					return fmt.Errorf("waited %s for the lock: %w", wait, lockHeldErr(err))
+				}
+				return lockHeldErr(passCanceled(ctx, err))
+			}
+			if pause == 100*time.Millisecond {
+				m.log.Info("restore lock held; waiting", "op", op.ID, "holder", string(lockHolder(err)), "wait", wait)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause + time.Duration(rand.Int64N(int64(pause)))):
+			}
+			pause = min(pause*2, lockPoll)
+		}
+		waited := time.Since(t0)
+		op.Lock = &LockSpan{Acquired: m.now(), Waited: Duration(waited)}
+		if waited > time.Second {
+			s.Detail = fmt.Sprintf("waited %s", waited.Round(time.Millisecond))
+		}
+		rec, rerr := m.recoverLocked(ctx)
+		for _, r := range rec {
+			s.Detail = strings.TrimPrefix(s.Detail+fmt.Sprintf("; first finished this host's interrupted %s: %s", r.ID, r.Status), "; ")
+		}
+		if rerr != nil {
+			// The failed operation is marked failed and never finished
+			// later, so it cannot undo this restore; say so loudly.
+			op.Errors = append(op.Errors, "recovering this host's interrupted restores: "+rerr.Error())
+			m.warn(fmt.Errorf("op %s: recovering this host's interrupted restores first: %w", op.ID, rerr))
+		}
+		if err := m.checkNoUnfinished(ctx, op); err != nil {
+			m.unlock(op, lock)
+			return err
 		}
 		return nil
 	})
 	return lock, err
 }
 
+// checkNoUnfinished refuses while this host has a dead restore that
+// recovery could not finish.
+func (m *Manager) checkNoUnfinished(ctx context.Context, op *Operation) error {
+	ops, err := m.ListOperations(ctx, 0)
+	if err != nil {
+		return err
+	}
+	for _, o := range ops {
+		if o.ID == op.ID || !m.ownOp(o) || o.Kind != KindRollback && o.Kind != KindEmergency {
+			continue
+		}
+		if o.Status == StatusRunning && !m.opAlive(o) {
+			return userErr(ErrUnfinished, "restore %s of this host is unfinished and could not be recovered (%s); fix it first, see switchback ops show %s", o.ID, strings.Join(o.Errors, "; "), o.ID)
+		}
+	}
+	return nil
+}
+
+// unlock records when op let the lock go, then lets it go.
+func (m *Manager) unlock(op *Operation, lock state.Lock) {
+	if op.Lock != nil && op.Lock.Released == nil {
+		now := m.now()
+		op.Lock.Released = &now
+	}
+	lock.Unlock()
+}
+
+// lockHolder returns the holder a lock error names.
+func lockHolder(err error) []byte {
+	var lh *state.LockHeldError
+	if errors.As(err, &lh) {
+		return lh.Holder
+	}
+	return nil
+}
+
 // restoreLocked runs steps 3 to 9 under the restore lock.
-func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, targets []target, lost <-chan struct{}) error {
+func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opts RollbackOptions, targets []target, lost <-chan struct{}) error {
 	check := func() error {
 		select {
 		case <-lost:
@@ -231,7 +334,23 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 		return err
 	}
 
-	// Step 3: the automatic point of the current state.
+	// Step 3: the pre_restore hook, first, so an application that is
+	// still writing is stopped before its files are read. The journal
+	// says it ran (saved with the step), so recovery starts the
+	// application again.
+	if err := check(); err != nil {
+		return abort(err)
+	}
+	j.PreHookRan = m.cfg.Hooks.PreRestore != ""
+	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
+		j.PreHookRan = false
+		return abort(err)
+	}
+	preHookRan = j.PreHookRan
+
+	// Step 4: the automatic point of the current state. An emergency
+	// never stops for it: it records the failure loudly and restores. A
+	// plain rollback refuses, unless forced.
 	roots := make([]string, len(targets))
 	for i, t := range targets {
 		roots[i] = t.root
@@ -251,22 +370,23 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 		return err
 	})
 	if err != nil {
-		return err
+		if check() != nil || op.Kind != KindEmergency && !opts.Force {
+			if op.Kind != KindEmergency {
+				err = fmt.Errorf("%w (--force restores without the pre-rollback point)", err)
+			}
+			return abort(err)
+		}
+		msg := fmt.Sprintf("restoring WITHOUT a pre-rollback point: the state before this restore is not saved: %v", err)
+		op.Errors = append(op.Errors, msg)
+		m.warn(fmt.Errorf("op %s: %s", op.ID, msg))
+		m.log.Error("pre-rollback point failed; restoring anyway", "op", op.ID, "kind", op.Kind, "force", opts.Force, "error", err)
+		pre, preMf = Point{}, &Manifest{}
+		op.PreRollbackPoint = ""
 	}
 	live := map[string]RootManifest{}
 	for _, r := range preMf.Roots {
 		live[r.Path] = r
 	}
-
-	// Step 4: the pre_restore hook.
-	if err := check(); err != nil {
-		return abort(err)
-	}
-	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
-		return abort(err)
-	}
-	preHookRan = m.cfg.Hooks.PreRestore != ""
-	j.PreHookRan = preHookRan
 
 	// Step 5: staging trees. The journal names them first, so a crash
 	// while staging leaves names recovery can clean up.
@@ -306,6 +426,7 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 			}
 			copied += st.copied.Load()
 			linked += st.linked.Load()
+			op.Warnings = append(op.Warnings, st.warnings()...)
 		}
 		s.Detail = fmt.Sprintf("%d roots, %d files copied, %d linked", len(stagers), copied, linked)
 		return nil
@@ -367,9 +488,17 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, tar
 	})
 	if err != nil {
 		// Put back what was swapped: the live paths must be all old or
-		// all new, and we could not finish.
+		// all new, and we could not finish. The reverting phase must be
+		// durable before the first undo: a crash in the undo must go on
+		// backwards, not forward over half-removed stages.
 		j.Phase = PhaseReverting
-		m.saveOpWarn(ctx, op)
+		if serr := m.saveOpRetry(ctx, op); serr != nil {
+			// The journal still says swapping: leave the roots for
+			// recovery, which finishes them all forward (or all back).
+			j.Phase = PhaseSwapping
+			m.abandon(op)
+			return fmt.Errorf("%w; could not record the revert (%v): left for recovery, which the next restore or gateway start runs", err, serr)
+		}
 		return abort(err)
 	}
 	j.Phase = PhaseSwapped
@@ -522,9 +651,10 @@ func sortEntryPaths(paths []string) {
 }
 
 // sameEntry reports whether two entries need no change: type, mode,
-// content and link target equal, mtime equal for files.
+// owner, xattrs, content and link target equal, mtime equal for files
+// and directories. Hard-link groups are compared by sameTree.
 func sameEntry(a, b Entry) bool {
-	if a.Type != b.Type || a.Mode != b.Mode {
+	if a.Type != b.Type || a.Mode != b.Mode || a.UID != b.UID || a.GID != b.GID || !slices.Equal(a.Xattrs, b.Xattrs) {
 		return false
 	}
 	switch a.Type {
@@ -542,7 +672,7 @@ func sameTree(a, b RootManifest) bool {
 		return false
 	}
 	for i := range a.Entries {
-		if a.Entries[i].Path != b.Entries[i].Path || !sameEntry(a.Entries[i], b.Entries[i]) {
+		if a.Entries[i].Path != b.Entries[i].Path || a.Entries[i].Link != b.Entries[i].Link || !sameEntry(a.Entries[i], b.Entries[i]) {
 			return false
 		}
 	}
@@ -557,26 +687,17 @@ func sameTree(a, b RootManifest) bool {
 func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]bool, error) {
 	toCopy := map[string]bool{}
 	p := Plan{Added: []string{}, Removed: []string{}, Modified: []string{}}
-	for _, t := range targets {
-		live := map[string]Entry{}
-		info, err := os.Lstat(t.root)
-		if err == nil {
-			live["."] = entryFromInfo(".", info)
-			if info.IsDir() {
-				err = walkDir(ctx, t.root, "", func(rel, abs string, info fs.FileInfo) error {
-					e := entryFromInfo(rel, info)
-					if e.Type == EntrySymlink {
-						e.Target, _ = os.Readlink(abs)
-					}
-					live[rel] = e
-					return nil
-				})
-			}
-		} else if errors.Is(err, fs.ErrNotExist) {
-			err = nil
-		}
+	for ti := range targets {
+		t := &targets[ti]
+		before := p.BytesToWrite
+		nchanges := len(p.Added) + len(p.Removed) + len(p.Modified)
+		entries, _, err := liveEntries(ctx, t.root, false)
 		if err != nil {
 			return p, nil, passCanceled(ctx, err)
+		}
+		live := make(map[string]Entry, len(entries))
+		for _, e := range entries {
+			live[e.Path] = e
 		}
 		in := func(rel string) bool { return t.only == nil || underAny(rel, t.only) }
 		abs := func(rel string) string {
@@ -599,8 +720,9 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 				if e.Type == EntryFile {
 					toCopy[e.Digest] = true
 				}
-			case l.Type != e.Type || l.Mode != e.Mode || l.Type == EntryFile && (l.Size != e.Size || l.MTime != e.MTime) || l.Type == EntrySymlink && l.Target != e.Target:
+			case metaDiff(l, e, false) != "":
 				p.Modified = append(p.Modified, abs(e.Path))
+				t.preBytes += l.Size
 				if e.Type == EntryFile {
 					p.BytesToWrite += e.Size
 					toCopy[e.Digest] = true
@@ -611,32 +733,16 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		for rel := range live {
 			if in(rel) && !want[rel] {
 				removed = append(removed, abs(rel))
+				t.preBytes += live[rel].Size
 			}
 		}
 		sort.Strings(removed)
 		p.Removed = append(p.Removed, removed...)
+		t.writeBytes = p.BytesToWrite - before
+		t.changed = len(p.Added)+len(p.Removed)+len(p.Modified) > nchanges
 	}
 	p.AddedCount, p.RemovedCount, p.ModifiedCount = len(p.Added), len(p.Removed), len(p.Modified)
 	return p, toCopy, nil
-}
-
-// entryFromInfo returns the entry for info at rel without its digest or
-// link target, which need the file itself. Type is "other" for what is not
-// a file, directory or symlink.
-func entryFromInfo(rel string, info fs.FileInfo) Entry {
-	e := Entry{Path: rel, Mode: modeOf(info.Mode()), MTime: info.ModTime().UnixNano()}
-	switch {
-	case info.Mode().IsRegular():
-		e.Type, e.Size = EntryFile, info.Size()
-	case info.IsDir():
-		e.Type = EntryDir
-	case info.Mode()&fs.ModeSymlink != 0:
-		e.Type = EntrySymlink
-	default:
-		e.Type = "other"
-	}
-	e.Ino = inoOf(info)
-	return e
 }
 
 // checkSpace checks that each filesystem has room for what the restore
@@ -659,18 +765,18 @@ func (m *Manager) checkSpace(targets []target, plan Plan) error {
 		needs[id].need += uint64(n)
 		return nil
 	}
-	// Staging writes the copied files next to the live paths; the
-	// pre-rollback point may store the changed live files as objects.
-	per := int64(0)
-	if len(targets) > 0 {
-		per = plan.BytesToWrite / int64(len(targets))
-	}
+	// Staging writes each root's copied files on the filesystem of its
+	// stage; the pre-rollback point stores the live files the restore
+	// replaces or removes as new objects (at most), in the object store.
+	// Needs add up per filesystem, whichever roots share one.
+	var pre int64
 	for _, t := range targets {
-		if err := addNeed(filepath.Dir(t.root), per); err != nil {
+		if err := addNeed(filepath.Dir(t.root), t.writeBytes); err != nil {
 			return err
 		}
+		pre += t.preBytes
 	}
-	if err := addNeed(m.objects.dir, plan.BytesToWrite); err != nil {
+	if err := addNeed(m.objects.dir, pre); err != nil {
 		return err
 	}
 	for _, n := range needs {
@@ -694,6 +800,63 @@ type stager struct {
 
 	copied atomic.Int64
 	linked atomic.Int64
+	// usedLive holds the live inodes linked into the stage: each may be
+	// used once, or two files the point has apart would become one.
+	usedLive sync.Map
+	notes    stageNotes
+}
+
+// stageNotes collects what a restore could not give back as recorded
+// (running as a user who cannot set an owner, a setuid bit or an xattr);
+// they go into the operation record's warnings.
+type stageNotes struct {
+	mu        sync.Mutex
+	owners    int      // entries whose owner was not restored
+	setid     []string // entries whose setuid or setgid bit was dropped
+	setidN    int
+	xattrs    int // xattrs not restored
+	xattrPath string
+}
+
+func (n *stageNotes) add(root string, e Entry, skippedXattrs []string) {
+	if canChown(e.UID, e.GID) && len(skippedXattrs) == 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !canChown(e.UID, e.GID) {
+		n.owners++
+		if e.Mode&0o6000 != 0 {
+			n.setidN++
+			if len(n.setid) < 10 {
+				n.setid = append(n.setid, joinRel(root, e.Path))
+			}
+		}
+	}
+	if len(skippedXattrs) > 0 {
+		n.xattrs += len(skippedXattrs)
+		if n.xattrPath == "" {
+			n.xattrPath = joinRel(root, e.Path) + " (" + strings.Join(skippedXattrs, ", ") + ")"
+		}
+	}
+}
+
+// warnings returns the notes as sentences for the operation record.
+func (st *stager) warnings() []string {
+	n := &st.notes
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	if n.owners > 0 {
+		out = append(out, fmt.Sprintf("%s: not running as root, so the recorded owner of %d entries was not restored (they belong to uid %d)", st.t.root, n.owners, euid))
+	}
+	if n.setidN > 0 {
+		out = append(out, fmt.Sprintf("%s: the setuid/setgid bit of %d entries was not restored, since their owner could not be: %s", st.t.root, n.setidN, strings.Join(n.setid, ", ")))
+	}
+	if n.xattrs > 0 {
+		out = append(out, fmt.Sprintf("%s: %d extended attributes need privileges this process lacks and were not restored, first on %s", st.t.root, n.xattrs, n.xattrPath))
+	}
+	return out
 }
 
 func (st *stager) build(ctx context.Context) error {
@@ -722,12 +885,16 @@ func (st *stager) build(ctx context.Context) error {
 		return stageName + "/" + rel
 	}
 	entries := st.t.desired.Entries
-	// Files are staged per directory, through a handle on the stage
-	// directory and one on the live directory, so each link or create
-	// resolves a single name instead of the whole path.
+	// Files and FIFOs are staged per directory, through a handle on the
+	// stage directory and one on the live directory, so each link or
+	// create resolves a single name instead of the whole path. Further
+	// names of a hard-linked file are linked to its first once all are
+	// staged.
 	var units []*dirUnit
 	unitOf := map[string]*dirUnit{}
 	var rootFile *Entry
+	leaders := map[uint64]int{}
+	var members []int
 	for i, e := range entries {
 		if err := st.check(); err != nil {
 			return err
@@ -741,10 +908,20 @@ func (st *stager) build(ctx context.Context) error {
 			if err := r.Symlink(e.Target, name(e.Path)); err != nil {
 				return fmt.Errorf("staging %s: %w", st.t.root, err)
 			}
-		case EntryFile:
+			if err := st.metaAt(r, name(e.Path), e); err != nil {
+				return err
+			}
+		case EntryFile, EntryFIFO:
 			if e.Path == "." {
 				rootFile = &entries[i]
 				continue
+			}
+			if e.Link != 0 {
+				if _, ok := leaders[e.Link]; ok {
+					members = append(members, i)
+					continue
+				}
+				leaders[e.Link] = i
 			}
 			d := path.Dir(e.Path)
 			u := unitOf[d]
@@ -756,7 +933,7 @@ func (st *stager) build(ctx context.Context) error {
 			u.files = append(u.files, i)
 		}
 	}
-	nfiles := 0
+	nfiles := len(members)
 	for _, u := range units {
 		nfiles += len(u.files)
 	}
@@ -770,7 +947,11 @@ func (st *stager) build(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("staging %s: %w", st.t.root, err)
 		}
-		err = st.copyObjectAt(int(pd.Fd()), stageName, *rootFile)
+		if rootFile.Type == EntryFIFO {
+			err = st.fifoAt(int(pd.Fd()), stageName, *rootFile)
+		} else {
+			err = st.copyObjectAt(int(pd.Fd()), stageName, *rootFile)
+		}
 		pd.Close()
 		if err != nil {
 			return err
@@ -786,18 +967,22 @@ func (st *stager) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Directory modes and mtimes last, deepest first, once filled.
+	for _, i := range members {
+		e := entries[i]
+		if err := r.Link(name(entries[leaders[e.Link]].Path), name(e.Path)); err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+		pr.add(1, 0)
+	}
+	// Directory owners, xattrs, modes and mtimes last, deepest first,
+	// once filled.
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
 		if e.Type != EntryDir {
 			continue
 		}
-		if err := r.Chmod(name(e.Path), fileMode(e.Mode)); err != nil {
-			return fmt.Errorf("staging %s: %w", st.t.root, err)
-		}
-		t := time.Unix(0, e.MTime)
-		if err := r.Chtimes(name(e.Path), t, t); err != nil {
-			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		if err := st.dirMeta(r, name(e.Path), e); err != nil {
+			return err
 		}
 	}
 	info, err := r.Lstat(stageName)
@@ -811,15 +996,101 @@ func (st *stager) build(ctx context.Context) error {
 	return nil
 }
 
+// dirMeta gives the staged directory at name e's owner, xattrs, mode and
+// mtime.
+func (st *stager) dirMeta(r *os.Root, name string, e Entry) error {
+	d, err := r.OpenFile(name, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	err = st.metaFd(int(d.Fd()), e)
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		t := time.Unix(0, e.MTime)
+		err = r.Chtimes(name, t, t)
+	}
+	if err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	return nil
+}
+
+// metaFd gives the open staged entry fd e's owner (where this process
+// may), then its xattrs, then its mode: chown clears setuid, setgid and
+// security.capability, so it comes first. Times are set by the caller.
+func (st *stager) metaFd(fd int, e Entry) error {
+	if canChown(e.UID, e.GID) {
+		if err := unix.Fchown(fd, int(e.UID), int(e.GID)); err != nil {
+			return err
+		}
+	}
+	skipped, err := fdXattrs(fd).apply(e.Xattrs)
+	if err != nil {
+		return fmt.Errorf("setting extended attributes: %w", err)
+	}
+	st.notes.add(st.t.root, e, skipped)
+	return unix.Fchmod(fd, restorableMode(e))
+}
+
+// metaAt does what metaFd does for an entry that cannot be opened (a
+// symlink), by name, and sets its times.
+func (st *stager) metaAt(r *os.Root, name string, e Entry) error {
+	dir, leaf := path.Split(name)
+	d, err := r.OpenFile(strings.TrimSuffix(dir, "/"), os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	defer d.Close()
+	return st.metaAtFd(int(d.Fd()), leaf, e)
+}
+
+func (st *stager) metaAtFd(dirFd int, leaf string, e Entry) error {
+	err := func() error {
+		if canChown(e.UID, e.GID) {
+			if err := unix.Fchownat(dirFd, leaf, int(e.UID), int(e.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
+		}
+		skipped, err := atXattrs(dirFd, leaf).apply(e.Xattrs)
+		if err != nil {
+			return fmt.Errorf("setting extended attributes: %w", err)
+		}
+		st.notes.add(st.t.root, e, skipped)
+		if e.Type != EntrySymlink {
+			// Symlinks have no mode of their own on Linux.
+			if err := unix.Fchmodat(dirFd, leaf, restorableMode(e), 0); err != nil {
+				return err
+			}
+		}
+		ts := unix.NsecToTimespec(e.MTime)
+		return unix.UtimesNanoAt(dirFd, leaf, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+	}()
+	if err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	return nil
+}
+
+// fifoAt creates FIFO e as leaf in the stage directory dirFd.
+func (st *stager) fifoAt(dirFd int, leaf string, e Entry) error {
+	if err := unix.Mkfifoat(dirFd, leaf, 0o600); err != nil {
+		return fmt.Errorf("staging %s/%s: %w", st.t.root, e.Path, err)
+	}
+	return st.metaAtFd(dirFd, leaf, e)
+}
+
 // dirUnit is one directory of a stage and the indexes of its files.
 type dirUnit struct {
 	dir   string
 	files []int
 }
 
-// stageDir links or copies the files of one directory. The live directory
-// is used only if it is still the directory the pre-rollback point
-// recorded (same inode), and only regular files are linked from it.
+// stageDir links or copies the files (and makes the FIFOs) of one
+// directory. The live directory is used only if it is still the directory
+// the pre-rollback point recorded (same inode), and only regular files
+// whose content that point proved are linked from it.
 func (st *stager) stageDir(r *os.Root, base string, name func(string) string, liveBy map[string]Entry, u *dirUnit, pr *progressReporter) error {
 	sd, err := r.Open(name(u.dir))
 	if err != nil {
@@ -833,7 +1104,7 @@ func (st *stager) stageDir(r *os.Root, base string, name func(string) string, li
 		liveRel = base + "/" + u.dir
 	}
 	if l, ok := liveBy[u.dir]; ok && l.Type == EntryDir {
-		if ld, err := r.Open(liveRel); err == nil {
+		if ld, err := r.OpenFile(liveRel, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0); err == nil {
 			defer ld.Close()
 			if info, err := ld.Stat(); err == nil && info.IsDir() && inoOf(info) == l.Ino {
 				liveFd = int(ld.Fd())
@@ -847,18 +1118,17 @@ func (st *stager) stageDir(r *os.Root, base string, name func(string) string, li
 		}
 		e := entries[i]
 		leaf := path.Base(e.Path)
-		if l, ok := liveBy[e.Path]; ok && liveFd >= 0 && sameEntry(l, e) {
-			// Link the live file if it is still the one the pre-rollback
-			// point recorded.
-			var s unix.Stat_t
-			if unix.Fstatat(liveFd, leaf, &s, unix.AT_SYMLINK_NOFOLLOW) == nil && s.Mode&unix.S_IFMT == unix.S_IFREG &&
-				s.Ino == l.Ino && s.Size == l.Size && s.Mtim.Nano() == l.MTime {
-				if unix.Linkat(liveFd, leaf, stageFd, leaf, 0) == nil {
-					st.linked.Add(1)
-					pr.add(1, 0)
-					continue
-				}
+		if e.Type == EntryFIFO {
+			if err := st.fifoAt(stageFd, leaf, e); err != nil {
+				return err
 			}
+			pr.add(1, 0)
+			continue
+		}
+		if l, ok := liveBy[e.Path]; ok && liveFd >= 0 && st.linkLive(liveFd, stageFd, leaf, l, e) {
+			st.linked.Add(1)
+			pr.add(1, 0)
+			continue
 		}
 		if err := st.copyObjectAt(stageFd, leaf, e); err != nil {
 			return err
@@ -869,9 +1139,44 @@ func (st *stager) stageDir(r *os.Root, base string, name func(string) string, li
 	return nil
 }
 
+// linkLive hard-links live file leaf of liveFd into the stage directory
+// stageFd when its content is proven to be e's: the pre-rollback point
+// recorded it (l) with e's digest, owner, mode, xattrs and mtime, not as
+// changed while read, and it is still that file (inode, size, mtime,
+// ctime). Since the name could be swapped between that check and the
+// link, the staged link is checked again (inode, size, mtime; the link
+// itself moves ctime) and removed if it is not that file. It reports
+// whether it linked.
+func (st *stager) linkLive(liveFd, stageFd int, leaf string, l, e Entry) bool {
+	if !sameEntry(l, e) || l.Changed || l.Ino == 0 {
+		return false
+	}
+	var s unix.Stat_t
+	if unix.Fstatat(liveFd, leaf, &s, unix.AT_SYMLINK_NOFOLLOW) != nil || s.Mode&unix.S_IFMT != unix.S_IFREG ||
+		s.Ino != l.Ino || s.Size != l.Size || s.Mtim.Nano() != l.MTime || s.Ctim.Nano() != l.CTime {
+		return false
+	}
+	if _, used := st.usedLive.LoadOrStore(s.Ino, true); used {
+		return false
+	}
+	if err := st.m.hook("link " + joinRel(st.t.root, e.Path)); err != nil {
+		return false
+	}
+	if unix.Linkat(liveFd, leaf, stageFd, leaf, 0) != nil {
+		return false
+	}
+	if unix.Fstatat(stageFd, leaf, &s, unix.AT_SYMLINK_NOFOLLOW) == nil && s.Mode&unix.S_IFMT == unix.S_IFREG &&
+		s.Ino == l.Ino && s.Size == l.Size && s.Mtim.Nano() == l.MTime {
+		return true
+	}
+	unix.Unlinkat(stageFd, leaf, 0)
+	return false
+}
+
 // copyObjectAt writes entry e's content from the object store to leaf in
 // the stage directory dirFd, checking the content against its digest as it
-// copies. The fsync step makes it durable.
+// copies, then its owner, xattrs, mode and mtime. The fsync step makes it
+// durable.
 func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
 	src, err := st.m.objects.open(e.Digest)
 	if err != nil {
@@ -895,7 +1200,7 @@ func (st *stager) copyObjectAt(dirFd int, leaf string, e Entry) error {
 		err = userErr(ErrVerifyFailed, "content of %s/%s: object %s is corrupt", st.t.root, e.Path, short(e.Digest))
 	}
 	if err == nil {
-		err = dst.Chmod(fileMode(e.Mode))
+		err = st.metaFd(fd, e)
 	}
 	if err == nil {
 		ts := unix.NsecToTimespec(e.MTime)
@@ -1044,6 +1349,8 @@ func rollBackRoot(jr JournalRoot) error {
 				}
 				defer os.RemoveAll(trash)
 			}
+		} else if jr.LiveIno != 0 {
+			return fmt.Errorf("cannot put back %s: its old tree is gone; the restored tree stays", jr.Path)
 		} else {
 			// The path did not exist before.
 			dest := jr.Stage

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -37,13 +38,16 @@ type CleanupReport struct {
 	BytesFreed     int64             `json:"bytes_freed"`
 	// ManifestsRemoved counts orphaned manifest files removed.
 	ManifestsRemoved int `json:"manifests_removed,omitempty"`
+	// OtherHosts counts the points of other hosts, left alone.
+	OtherHosts int `json:"other_hosts,omitempty"`
 }
 
 // Cleanup removes points that no retention rule keeps: it keeps the
 // KeepCount newest, every point younger than KeepDays days, every tagged
 // point and the newest full_system point; then it deletes objects that no
 // remaining point references. Cleanup takes the restore lock, so it never
-// runs during a restore.
+// runs during a restore, and the object lease, so it never removes what a
+// point being created reuses. It considers only this host's points.
 func (m *Manager) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupReport, error) {
 	if opts.KeepCount < 0 || opts.KeepDays < 0 {
 		return CleanupReport{}, userErr(nil, "keep-count and keep-days must not be negative")
@@ -68,7 +72,7 @@ func (m *Manager) Cleanup(ctx context.Context, opts CleanupOptions) (CleanupRepo
 
 func (m *Manager) cleanup(ctx context.Context, op *Operation, opts CleanupOptions, rep *CleanupReport) error {
 	if !opts.DryRun {
-		lock, err := m.lockStep(ctx, op)
+		lock, err := m.lockStep(ctx, op, 0)
 		if err != nil {
 			return err
 		}
@@ -77,8 +81,19 @@ func (m *Manager) cleanup(ctx context.Context, op *Operation, opts CleanupOption
 	var pts []Point
 	err := m.step(ctx, op, "select", func(s *Step) error {
 		var err error
-		if pts, err = m.listPoints(ctx); err != nil {
+		all, err := m.listPoints(ctx)
+		if err != nil {
 			return err
+		}
+		// Another host's points are its own to keep or remove: their
+		// objects are on its disk.
+		pts = nil
+		for _, p := range all {
+			if m.ownPoint(p) {
+				pts = append(pts, p)
+			} else {
+				rep.OtherHosts++
+			}
 		}
 		rep.Why = retain(pts, opts.KeepCount, opts.KeepDays, m.now())
 		for _, p := range pts {
@@ -109,17 +124,30 @@ func (m *Manager) cleanup(ctx context.Context, op *Operation, opts CleanupOption
 	if err != nil {
 		return err
 	}
-	var remaining []Point
-	for _, p := range pts {
-		if _, ok := rep.Why[p.ID]; ok {
-			remaining = append(remaining, p)
-		}
-	}
 	return m.step(ctx, op, "gc", func(s *Step) error {
-		err := m.gc(ctx, remaining, opts.DryRun, rep)
+		err := m.gc(ctx, opts.DryRun, rep)
 		s.Detail = fmt.Sprintf("%d objects, %d bytes, %d orphaned manifests", rep.ObjectsRemoved, rep.BytesFreed, rep.ManifestsRemoved)
 		return err
 	})
+}
+
+// objectLease takes the object store's lease (see leaseFile): shared for
+// a create or a repair, exclusive for cleanup's collection. A wait that
+// runs out is a user error saying who holds it.
+func (m *Manager) objectLease(ctx context.Context, exclusive bool) (*objectLease, error) {
+	hook := "lease-wait"
+	if exclusive {
+		hook = "gc-wait"
+	}
+	l, err := m.objects.lease(ctx, exclusive, m.objects.leaseWait, func() { m.hook(hook) })
+	switch {
+	case errors.Is(err, errLeaseHeld) && exclusive:
+		return nil, userErr(err, "objects not collected: a rollback point is still being created on this host after %v (%s is held); run cleanup again later",
+			m.objects.leaseWait, filepath.Join(m.objects.dir, leaseFile))
+	case errors.Is(err, errLeaseHeld):
+		return nil, userErr(err, "cleanup is still collecting objects on this host after %v (%s is held)", m.objects.leaseWait, filepath.Join(m.objects.dir, leaseFile))
+	}
+	return l, passCanceled(ctx, err)
 }
 
 // retain decides which points to keep. pts is newest first.
@@ -147,11 +175,29 @@ func retain(pts []Point, keepCount, keepDays int, now time.Time) (keep map[strin
 }
 
 // gc removes objects no manifest references and manifests no catalog
-// record references, sparing anything younger than gcGrace.
-func (m *Manager) gc(ctx context.Context, pts []Point, dryRun bool, rep *CleanupReport) error {
+// record references, sparing anything younger than gcGrace. It decides
+// under the exclusive object lease, from the catalog as it is then (a
+// point committed since the select step counts; in a dry run, the points
+// it would remove do not), so no point being created loses its content.
+// Only this host's points count: another host's objects are on its disk.
+func (m *Manager) gc(ctx context.Context, dryRun bool, rep *CleanupReport) error {
+	if !dryRun {
+		lease, err := m.objectLease(ctx, true)
+		if err != nil {
+			return err
+		}
+		defer lease.release()
+	}
+	pts, err := m.listPoints(ctx)
+	if err != nil {
+		return err
+	}
 	ids := map[string]bool{}
 	used := map[string]bool{}
 	for _, p := range pts {
+		if (dryRun && slices.Contains(rep.Removed, p.ID)) || !m.ownPoint(p) {
+			continue
+		}
 		ids[p.ID] = true
 		mf, err := m.loadManifest(p, true)
 		if err != nil {
@@ -169,7 +215,7 @@ func (m *Manager) gc(ctx context.Context, pts []Point, dryRun bool, rep *Cleanup
 	}
 	cutoff := time.Now().Add(-gcGrace)
 	rep.BytesFreed += m.objects.removeStaleTemps(cutoff, dryRun)
-	err := m.objects.walk(ctx, func(d string, info fs.FileInfo) error {
+	err = m.objects.walk(ctx, func(d string, info fs.FileInfo) error {
 		if used[d] || info.ModTime().After(cutoff) {
 			return nil
 		}

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Validation levels.
@@ -52,9 +56,10 @@ func (r *ValidationReport) add(name string, err error, detail string) {
 
 // ValidateSystem checks the live system at level basic (configured paths
 // exist, validate URLs answer as expected), standard (basic, plus the live
-// files match the point restored last, by metadata) or comprehensive
-// (standard, plus live contents re-hashed against that point, every point
-// verified, and error rate and latency sampled from the validate URLs).
+// files match the point restored last, by metadata and by content,
+// re-hashed: an edit can keep size and mtime, as cp -p and touch -r do) or
+// comprehensive (standard, plus every point verified, and error rate and
+// latency sampled from the validate URLs).
 // It returns an error wrapping ErrValidationFailed when a check fails.
 func (m *Manager) ValidateSystem(ctx context.Context, level string) (ValidationReport, error) {
 	if level == "" {
@@ -83,7 +88,7 @@ func (m *Manager) ValidateSystem(ctx context.Context, level string) (ValidationR
 			rep.add("last restored point", nil, "no restore recorded; nothing to compare")
 		default:
 			for _, r := range mf.Roots {
-				n, err := compareLive(ctx, r, level == LevelComprehensive)
+				n, err := compareLive(ctx, r, true)
 				rep.add("matches "+last+" "+r.Path, err, fmt.Sprintf("%d entries", n))
 			}
 		}
@@ -151,55 +156,69 @@ func (m *Manager) lastRestored(ctx context.Context) (string, *Manifest, error) {
 	return "", nil, nil
 }
 
-// compareLive checks the live tree at r.Path against r: same entries, types,
-// modes, sizes, file mtimes and link targets; with hash, file contents
-// too. Directory mtimes are not compared (they change with any edit).
+// compareLive checks the live tree at r.Path against r: same entries,
+// types, modes, owners, xattrs, sizes, file mtimes, link targets and
+// hard-link groups (what this process may restore of them; see
+// restorableMode); with hash, file contents too. Directory mtimes are not
+// compared (they change with any edit).
 func compareLive(ctx context.Context, r RootManifest, hash bool) (int, error) {
 	var diffs []string
+	entries, absent, err := liveEntries(ctx, r.Path, true)
+	if err != nil {
+		return 0, err
+	}
+	live := make(map[string]Entry, len(entries))
+	for _, e := range entries {
+		live[e.Path] = e
+	}
+	var pfd = -1
+	if hash && !absent {
+		if pfd, err = unix.Open(filepath.Dir(r.Path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return 0, err
+		}
+		defer unix.Close(pfd)
+	}
+	groupIno := map[uint64]uint64{}
 	n := 0
 	for _, e := range r.Entries {
 		if err := ctx.Err(); err != nil {
 			return n, err
 		}
 		n++
-		p := r.Path
-		if e.Path != "." {
-			p += "/" + e.Path
-		}
-		info, err := os.Lstat(p)
-		if err != nil {
+		p := joinRel(r.Path, e.Path)
+		l, ok := live[e.Path]
+		if !ok {
 			diffs = append(diffs, p+" missing")
 			continue
 		}
-		l := entryFromInfo(e.Path, info)
-		switch {
-		case l.Type != e.Type:
-			diffs = append(diffs, fmt.Sprintf("%s is a %s, want %s", p, l.Type, e.Type))
-		case l.Mode != e.Mode:
-			diffs = append(diffs, fmt.Sprintf("%s has mode %o, want %o", p, l.Mode, e.Mode))
-		case e.Type == EntryFile && (l.Size != e.Size || l.MTime != e.MTime):
-			diffs = append(diffs, p+" size or mtime differs")
-		case e.Type == EntrySymlink:
-			if t, _ := os.Readlink(p); t != e.Target {
-				diffs = append(diffs, p+" link target differs")
+		if d := metaDiff(l, e, true); d != "" {
+			diffs = append(diffs, p+" "+d)
+			continue
+		}
+		if e.Link != 0 {
+			if ino, ok := groupIno[e.Link]; !ok {
+				groupIno[e.Link] = l.Ino
+			} else if ino != l.Ino {
+				diffs = append(diffs, p+" is not hard-linked to the rest of its group")
+				continue
 			}
-		case e.Type == EntryFile && hash:
-			if d, _, err := hashFile(p); err != nil || d != e.Digest {
+		}
+		if e.Type == EntryFile && hash {
+			rel := filepath.Base(r.Path)
+			if e.Path != "." {
+				rel += "/" + e.Path
+			}
+			if d, err := hashBeneath(pfd, rel); err != nil || d != e.Digest {
 				diffs = append(diffs, p+" content differs")
 			}
 		}
 	}
 	if r.Absent {
-		if _, err := os.Lstat(r.Path); !errors.Is(err, fs.ErrNotExist) {
+		if !absent {
 			diffs = append(diffs, r.Path+" exists, want absent")
 		}
-	} else if len(r.Entries) > 0 && r.Entries[0].Type == EntryDir && r.Entries[0].Path == "." {
-		// Extra entries: count what is there.
-		live := 0
-		walkDir(ctx, r.Path, "", func(rel, abs string, info fs.FileInfo) error { live++; return nil })
-		if live != len(r.Entries)-1 {
-			diffs = append(diffs, fmt.Sprintf("%s has %d entries, want %d", r.Path, live, len(r.Entries)-1))
-		}
+	} else if !absent && len(r.Entries) > 0 && r.Entries[0].Path == "." && len(entries) != len(r.Entries) {
+		diffs = append(diffs, fmt.Sprintf("%s has %d entries, want %d", r.Path, len(entries), len(r.Entries)))
 	}
 	if len(diffs) > 0 {
 		more := ""
@@ -210,6 +229,59 @@ func compareLive(ctx context.Context, r RootManifest, hash bool) (int, error) {
 		return n, errors.New(strings.Join(diffs, ", ") + more)
 	}
 	return n, nil
+}
+
+// metaDiff says how live entry l differs from e by metadata, or "" if it
+// does not: type, mode, owner, size and mtime of files, link target, and
+// with xattrs the extended attributes. Only what this process could have
+// restored counts: as another user than root, the owner and setuid bits
+// of entries it cannot chown, and xattrs it may not set, are left out.
+func metaDiff(l, e Entry, xattrs bool) string {
+	switch {
+	case l.Type != e.Type:
+		return fmt.Sprintf("is a %s, want %s", l.Type, e.Type)
+	case e.Type != EntrySymlink && l.Mode != restorableMode(e):
+		return fmt.Sprintf("has mode %o, want %o", l.Mode, restorableMode(e))
+	case canChown(e.UID, e.GID) && (l.UID != e.UID || l.GID != e.GID):
+		return fmt.Sprintf("is owned by %d:%d, want %d:%d", l.UID, l.GID, e.UID, e.GID)
+	case e.Type == EntryFile && (l.Size != e.Size || l.MTime != e.MTime):
+		return "size or mtime differs"
+	case e.Type == EntrySymlink && l.Target != e.Target:
+		return "link target differs"
+	case xattrs && !slices.Equal(restorableXattrs(l.Xattrs), restorableXattrs(e.Xattrs)):
+		return "extended attributes differ"
+	}
+	return ""
+}
+
+// restorableXattrs returns the xattrs of xs this process may set.
+func restorableXattrs(xs []Xattr) []Xattr {
+	if euid == 0 {
+		return xs
+	}
+	var out []Xattr
+	for _, x := range xs {
+		if xattrRestorable(x.Name) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// hashBeneath hashes the regular file at rel below the directory pfd,
+// reached without following symlinks.
+func hashBeneath(pfd int, rel string) (string, error) {
+	fd, err := openBeneath(pfd, rel, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		return "", err
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	if info, err := f.Stat(); err != nil || !info.Mode().IsRegular() {
+		return "", errors.New("not a regular file")
+	}
+	d, _, err := copyHashing(io.Discard, f)
+	return d, err
 }
 
 // checkURLs requests every validate URL once, or sampleRequests times with

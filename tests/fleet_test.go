@@ -443,10 +443,19 @@ func TestFleetConcurrentRollback(t *testing.T) {
 	if err := fleetJSON(out, &point); err != nil || point.ID == "" {
 		t.Fatalf("point create printed %q: %v", out, err)
 	}
-	// gw-1 sees gw-0's point in the shared catalog.
+	// gw-1 sees gw-0's point in the shared catalog. A point belongs to the
+	// host that made it, so each gateway restores a point of its own.
 	if out, errOut, code := f.gws[1].CLI(t, "point", "list", "--json"); code != 0 || !strings.Contains(out, point.ID) {
 		t.Fatalf("gw-1 point list: exit %d, %s%s; want %s", code, out, errOut, point.ID)
 	}
+	out, errOut, code = f.gws[1].CLI(t, "point", "create", "--type", "configuration_only", "--json")
+	var point1 struct {
+		ID string `json:"id"`
+	}
+	if err := fleetJSON(out, &point1); code != 0 || err != nil || point1.ID == "" {
+		t.Fatalf("gw-1 point create: exit %d %s%s", code, out, errOut)
+	}
+	ids := []string{point.ID, point1.ID}
 
 	type result struct {
 		out, errOut string
@@ -458,7 +467,7 @@ func TestFleetConcurrentRollback(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o, e, c := f.gws[i].CLI(t, "rollback", point.ID, "--trigger", "manual")
+			o, e, c := f.gws[i].CLI(t, "rollback", ids[i], "--trigger", "manual")
 			results[i] = result{o, e, c}
 		}()
 	}

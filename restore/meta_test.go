@@ -1,0 +1,65 @@
+package restore
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"reflect"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// waitTick waits until the filesystem clock has moved past every
+// timestamp written so far, so that a point made next does not find them
+// racy (mtime or ctime in the tick of its scan) and its successor may
+// reuse them.
+func waitTick(t *testing.T) {
+	t.Helper()
+	var res unix.Timespec
+	unix.ClockGetres(unix.CLOCK_REALTIME_COARSE, &res)
+	start := fsNow()
+	for fsNow() <= start {
+		time.Sleep(time.Duration(res.Nano()) / 4)
+	}
+}
+
+// sameEntries reports whether points a and b recorded the same entries
+// (their manifests differ in the scan times).
+func sameEntries(t *testing.T, m *Manager, a, b Point) bool {
+	t.Helper()
+	ma, err := m.loadManifest(a, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := m.loadManifest(b, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ma.Roots {
+		ma.Roots[i].Scanned = 0
+	}
+	for i := range mb.Roots {
+		mb.Roots[i].Scanned = 0
+	}
+	return reflect.DeepEqual(ma, mb)
+}
+
+// requireRoot skips a test that needs root, except under CI (which runs
+// as root), where it fails.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root, and CI runs as root")
+	}
+	t.Skip("needs root (chown, trusted.* and security.* xattrs)")
+}
+
+func sha256sum(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
