@@ -289,7 +289,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		replays bool
 	}{
 		{"error_rate/500", "trip {\n error_rate 5%\n window 10s\n min_requests 20\n}", fail500, "error_rate", time.Second, true},
-		{"consecutive_failures/500", "trip {\n consecutive_failures 10\n}", fail500, "consecutive_failures", time.Second, true},
+		{"consecutive_failures/500", "trip {\n consecutive_failures 10\n error_rate off\n}", fail500, "consecutive_failures", time.Second, true},
 		{"error_rate/closed_connections", "trip {\n error_rate 5%\n window 10s\n min_requests 20\n}", hangUp, "error_rate", time.Second, true},
 		{"defaults/closed_connections", "", hangUp, "", time.Second, true},
 		{"latency/p99", "trip {\n latency p99 250ms\n window 10s\n min_requests 20\n}", slow, "latency", 2 * time.Second, false},
@@ -351,6 +351,8 @@ func (g *Gateway) post(t testing.TB, id string, body []byte, chunked bool) (int,
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+g.HTTP+"/post", rd)
 	req.Header.Set("X-Test-Id", id)
+	// A POST is replayed only when the client says it may be repeated.
+	req.Header.Set("Idempotency-Key", id)
 	resp, err := Client.Do(req)
 	if err != nil {
 		return 0, err.Error()
@@ -360,7 +362,7 @@ func (g *Gateway) post(t testing.TB, id string, body []byte, chunked bool) (int,
 	return resp.StatusCode, string(b)
 }
 
-// TestReplayMaxBody: a POST whose body fits in replay_max_body is replayed
+// TestReplayMaxBody: a POST with an Idempotency-Key whose body fits in replay_max_body is replayed
 // on legacy with the same body; a larger one is not, and the client sees
 // consolidated's 5xx. Both with a known length and chunked.
 func TestReplayMaxBody(t *testing.T) {
