@@ -225,6 +225,11 @@ func TestKilledCreateReleasesLease(t *testing.T) {
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
+	// The child re-read p1's files (their mtimes are not older than p1's
+	// back-dated start, so the racy-timestamp rule re-hashes them) and so
+	// freshened their objects; age them again, past cleanup's grace period,
+	// so that only the lease could keep them.
+	ageObjects(t, e2.m.objects)
 	rep, err := e2.m.Cleanup(ctx, CleanupOptions{KeepCount: 1, KeepDays: 1})
 	if err != nil {
 		t.Fatalf("cleanup after the create was killed: %v", err)
