@@ -6,14 +6,12 @@ package tests
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,22 +160,7 @@ func hookBinary(t *testing.T) string {
 // or -1 if it is missing.
 func (g *Gateway) metricValue(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := Client.Get("http://" + g.Admin + "/switchback/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", line, err)
-			}
-			return f
-		}
-	}
-	return -1
+	return metricValue(g.metrics(t), series)
 }
 
 // TestGoroutinePanicsSurvived forces a panic at the start of the probe,
