@@ -518,7 +518,7 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	}
 	sw.mu.Unlock()
 	a.cache.touch()
-	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
+	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Stringer("weight", rec.Weight))
 	return true
 }
 

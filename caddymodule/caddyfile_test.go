@@ -81,7 +81,9 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"weight 101", site("\t\tweight 101\n"), 3, "between 0 and 100"},
 		{"weight -1", site("\t\tweight -1\n"), 3, "between 0 and 100"},
-		{"weight abc", site("\t\tweight abc\n"), 3, "whole number"},
+		{"weight abc", site("\t\tweight abc\n"), 3, "number of percent"},
+		{"weight 3 decimals", site("\t\tweight 0.125\n"), 3, "more than 2 decimals"},
+		{"weight exponent", site("\t\tweight 1e1\n"), 3, "number of percent"},
 		{"unknown mode", site("\t\tmode sideways\n"), 3, "unknown mode"},
 		{"unknown subdirective", site("\t\tfrobnicate on\n"), 3, "unrecognized switchback subdirective 'frobnicate'"},
 		{"duplicate weight", site("\t\tweight 1\n\t\tweight 2\n"), 4, "duplicate subdirective 'weight'"},

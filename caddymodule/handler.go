@@ -46,9 +46,10 @@ type Handler struct {
 	Mode string `json:"mode,omitempty"`
 
 	// Weight is the initial percent of sticky keys sent to consolidated in
-	// split mode, 0 to 100 (default 0). A weight set later through the
-	// admin API wins over it until this value itself changes.
-	Weight int `json:"weight,omitempty"`
+	// split mode, 0 to 100 in steps of 0.01 (12.5 is 12.5%; default 0). A
+	// weight set later through the admin API wins over it until this
+	// value itself changes.
+	Weight state.Weight `json:"weight,omitempty"`
 
 	// Sticky says where the key that keeps a user on one arm comes from
 	// (default: a cookie named "sb_user").
@@ -226,8 +227,8 @@ type AutoRecover struct {
 	// stay healthy (default 60s).
 	After caddy.Duration `json:"after,omitempty"`
 	// ProbeWeight is the percent of keys sent to consolidated while
-	// half-open (default 1).
-	ProbeWeight int `json:"probe_weight,omitempty"`
+	// half-open, in steps of 0.01 (default 1).
+	ProbeWeight state.Weight `json:"probe_weight,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -427,8 +428,8 @@ func (h *Handler) checkConfig() error {
 		if a.After < 0 {
 			return fmt.Errorf("switch %s: auto_recover after %s must be positive", h.Name, time.Duration(a.After))
 		}
-		if a.ProbeWeight < 0 || a.ProbeWeight > 100 {
-			return fmt.Errorf("switch %s: auto_recover probe_weight %d%% must be between 1%% and 100%%", h.Name, a.ProbeWeight)
+		if a.ProbeWeight < 0 || a.ProbeWeight > state.WeightMax {
+			return fmt.Errorf("switch %s: auto_recover probe_weight %s%% must be between 0.01%% and 100%%", h.Name, a.ProbeWeight)
 		}
 	}
 	for _, list := range [][]Action{h.OnTrip, h.OnRecover} {

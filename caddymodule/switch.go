@@ -25,7 +25,7 @@ const (
 // without a lock.
 type view struct {
 	mode      state.Mode
-	weight    int
+	weight    state.Weight
 	threshold uint32
 }
 
@@ -288,7 +288,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, r := range skipReasons {
 		m.notReplayed[r] = m.set.NewCounter(fmt.Sprintf(`switchback_replay_decisions_total{switch=%q,replayed="false",reason=%q}`, sw.name, r))
 	}
-	m.set.NewGauge("switchback_weight"+sl, func() float64 { return float64(sw.view.Load().weight) })
+	m.set.NewGauge("switchback_weight"+sl, func() float64 { return sw.view.Load().weight.Percent() })
 	for _, mode := range []state.Mode{state.ModeSplit, state.ModeLegacy, state.ModeConsolidated} {
 		m.set.NewGauge(fmt.Sprintf(`switchback_mode{switch=%q,mode=%q}`, sw.name, mode), func() float64 {
 			if sw.view.Load().mode == mode {

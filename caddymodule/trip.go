@@ -174,7 +174,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 	}
 	probeWeight := h.AutoRecover.ProbeWeight
 	if probeWeight == 0 {
-		probeWeight = 1
+		probeWeight = state.WeightPercent(1)
 	}
 	tick := time.NewTicker(min(after/10, 500*time.Millisecond))
 	defer tick.Stop()
@@ -200,7 +200,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 				}
 				changed = true
 				cur.Mode, cur.Weight, cur.Since, cur.By, cur.Gateway = state.ModeSplit, probeWeight, now, "auto_recover", h.app.gateway
-				cur.Reason = fmt.Sprintf("auto_recover: half-open, %d%% to consolidated for %s", probeWeight, after)
+				cur.Reason = fmt.Sprintf("auto_recover: half-open, %s%% to consolidated for %s", probeWeight, after)
 				cur.Record(state.Event{Kind: "half_open", Mode: cur.Mode, Weight: cur.Weight, Reason: cur.Reason, By: cur.By, Gateway: cur.Gateway, At: now})
 				return true
 			})
@@ -208,7 +208,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 				continue // reset, re-tripped or moved elsewhere meanwhile
 			}
 			h.monitor.Rearm()
-			h.logger.Warn("auto_recover: half-open", zap.Int("probe_weight", probeWeight), zap.Error(err))
+			h.logger.Warn("auto_recover: half-open", zap.Stringer("probe_weight", probeWeight), zap.Error(err))
 		case state.ModeSplit:
 			st := h.sw.win.Load().consolidated.Stats(health.Now())
 			if !h.monitor.Armed() || st.Requests == 0 {
@@ -266,7 +266,7 @@ func (c *stateClock) age(since, wallNow time.Time, mono int64) time.Duration {
 // gateway. The actions run under the config's context, not the caller's:
 // an admin request's context ends with its response.
 func (h *Handler) recovered(rec state.Switch) {
-	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
+	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Stringer("weight", rec.Weight))
 	data := map[string]any{"event": "recovered", "switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
 	h.app.emit("switchback.recovered", data)
 	goTask(h.logger, taskActions, func() { h.runActions(h.ctx, "on_recover", h.OnRecover, data) })
