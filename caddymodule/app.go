@@ -313,8 +313,7 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 	cfgWeight := h.Weight
 	now := time.Now().UTC()
 	decide := func(cur state.Switch, exists bool) (state.Switch, bool) {
-		n := cur
-		n.History = append([]state.Event(nil), cur.History...)
+		n := cur.Copy()
 		var what string
 		switch {
 		case !exists:

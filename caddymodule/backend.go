@@ -289,7 +289,7 @@ func (b *offlineBackend) ChangeSwitch(ctx context.Context, name, action string, 
 		return SwitchStatus{}, err
 	}
 	rec, err := state.UpdateSwitch(ctx, b.app.store, name, func(cur state.Switch, _ bool) (state.Switch, bool) {
-		cur.History = append([]state.Event(nil), cur.History...)
+		cur = cur.Copy()
 		return cur, fn(&cur)
 	})
 	rec.History = nil
@@ -383,7 +383,7 @@ func forceLegacyInStore(ctx context.Context, st state.Store, reason, by, gateway
 			if cur.Mode == state.ModeLegacy {
 				return cur, false
 			}
-			cur.History = append([]state.Event(nil), cur.History...)
+			cur = cur.Copy()
 			setMode(&cur, state.ModeLegacy, reason, by, gateway, now)
 			return cur, true
 		})

@@ -94,9 +94,7 @@ func (sw *Switch) windowsFor(buckets int, width time.Duration) *windows {
 func (sw *Switch) Record() (state.Switch, bool) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	rec := sw.rec
-	rec.History = append([]state.Event(nil), rec.History...)
-	return rec, sw.pending
+	return sw.rec.Copy(), sw.pending
 }
 
 // applyLocked makes rec the switch's state. Callers hold sw.mu.
@@ -135,8 +133,7 @@ func (sw *Switch) change(ctx context.Context, app *App, fn func(cur *state.Switc
 func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	next := sw.rec
-	next.History = append([]state.Event(nil), next.History...)
+	next := sw.rec.Copy()
 	if !fn(&next) {
 		return false
 	}
@@ -164,8 +161,7 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 		}
 		if cur.Supersedes(mine) {
 			// Someone wrote after us: re-decide on their record.
-			n := cur
-			n.History = append([]state.Event(nil), cur.History...)
+			n := cur.Copy()
 			if !fn(&n) {
 				return cur, false
 			}

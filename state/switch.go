@@ -77,6 +77,9 @@ type Switch struct {
 
 	// History holds the last HistoryLimit events, oldest first.
 	History []Event `json:"history,omitempty"`
+
+	// Rollout is the switch's progressive rollout, nil without one.
+	Rollout *Rollout `json:"rollout,omitempty"`
 }
 
 // Record appends e to the history, dropping the oldest past HistoryLimit.
@@ -120,6 +123,9 @@ func DecodeSwitch(b []byte) (Switch, error) {
 		return Switch{}, fmt.Errorf("switch record: %w", err)
 	}
 	if err := CheckWeight(sw.Weight); err != nil {
+		return Switch{}, fmt.Errorf("switch record: %w", err)
+	}
+	if err := sw.Rollout.Check(); err != nil {
 		return Switch{}, fmt.Errorf("switch record: %w", err)
 	}
 	return sw, nil
