@@ -59,6 +59,8 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
+		return app.handleRollout(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 3:
 		return app.handleSwitchAction(w, r, parts[1], parts[2])
 	case path == "metrics":
@@ -155,6 +157,10 @@ type SwitchStatus struct {
 	Pending bool                 `json:"pending,omitempty"` // not yet in the store
 	Arms    map[string]ArmStatus `json:"arms,omitempty"`
 	Rules   *RuleStatus          `json:"rules,omitempty"`
+
+	// RolloutEvidence is the fleet's evidence at the rollout's current
+	// step, as the engine last summed it.
+	RolloutEvidence *state.Evidence `json:"rollout_evidence,omitempty"`
 }
 
 // ArmStatus is an arm's window.
@@ -194,7 +200,8 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 	if !detail {
 		rec.History = nil
 	}
-	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}}
+	sw.rolloutStatus(&rec)
+	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}, RolloutEvidence: sw.rolloutEvidence(rec.Rollout)}
 	now := health.Now()
 	h := sw.handler.Load()
 	if win := sw.win.Load(); win != nil {

@@ -30,6 +30,7 @@ import (
 type backend interface {
 	Switches(ctx context.Context) (SwitchesStatus, error)
 	ChangeSwitch(ctx context.Context, name, action string, req changeRequest) (SwitchStatus, error)
+	Rollout(ctx context.Context, name string, req rolloutRequest) (SwitchStatus, error)
 	CreatePoint(ctx context.Context, req CreatePointRequest) (restore.Point, error)
 	ListPoints(ctx context.Context, limit int, typ string) ([]restore.Point, error)
 	VerifyPoint(ctx context.Context, id string, req VerifyRequest) (restore.VerifyReport, error)

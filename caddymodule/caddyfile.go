@@ -73,6 +73,13 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		on_trip restore emergency
 //		on_trip restore point <id>
 //		on_recover ...
+//		rollout {
+//			steps <percent>...
+//			hold <duration>
+//			min_requests <n>|off
+//			gate <step> manual
+//			on_step|on_complete|on_abort <action>
+//		}
 //	}
 //
 // The arms are parsed like handle blocks, so any handler works inside.
@@ -178,6 +185,10 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			}
 		case "auto_recover":
 			if err := h.unmarshalAutoRecover(d); err != nil {
+				return err
+			}
+		case "rollout":
+			if err := h.unmarshalRollout(d); err != nil {
 				return err
 			}
 		case "on_trip", "on_recover":

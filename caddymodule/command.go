@@ -552,6 +552,9 @@ func printSwitches(w io.Writer, st SwitchesStatus) {
 		if s.Rules != nil {
 			fmt.Fprintf(w, "\ttrip: %s\n", describeRules(s.Rules))
 		}
+		if s.Rollout != nil {
+			fmt.Fprintf(w, "\t%s\n", rolloutLine(s.Rollout))
+		}
 	}
 }
 

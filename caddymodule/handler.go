@@ -97,6 +97,10 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Rollout, if set, walks the weight through steps (see Rollout). Nil
+	// means the weight moves only by hand.
+	Rollout *Rollout `json:"rollout,omitempty"`
+
 	legacy       caddyhttp.MiddlewareHandler
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
@@ -114,6 +118,7 @@ type Handler struct {
 	replayUnsafe caddyhttp.MatcherSets
 	logger       *zap.Logger
 	ctx          caddy.Context
+	stepGates    []stepGate // conditions on leaving a rollout step, added in Provision (rollout.go)
 }
 
 // Sticky configures the sticky key.
@@ -362,6 +367,9 @@ func (h *Handler) commit() {
 	if h.AutoRecover != nil {
 		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
 	}
+	if h.Rollout != nil {
+		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
+	}
 }
 
 // directArm returns the single handler of an arm that is a subroute of one
@@ -431,6 +439,9 @@ func (h *Handler) checkConfig() error {
 		if a.ProbeWeight < 0 || a.ProbeWeight > state.WeightMax {
 			return fmt.Errorf("switch %s: auto_recover probe_weight %s%% must be between 0.01%% and 100%%", h.Name, a.ProbeWeight)
 		}
+	}
+	if err := h.Rollout.check(); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
 	}
 	for _, list := range [][]Action{h.OnTrip, h.OnRecover} {
 		for _, a := range list {
@@ -731,6 +742,9 @@ func (h *Handler) observe(arm string, start time.Time, rec *recorder, out outcom
 	}
 	win := h.sw.win.Load()
 	win.arm(arm).Observe(now, latency, failed)
+	if st := h.sw.step.Load(); st != nil {
+		st.arms[i].Observe(latency, failed)
+	}
 	if arm == armConsolidated {
 		h.monitor.Observed(now, failed, latency)
 	}

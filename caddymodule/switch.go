@@ -53,6 +53,14 @@ type Switch struct {
 
 	metrics *switchMetrics
 
+	// step counts the answers at the rollout's current step, nil when no
+	// rollout is under way; rollout is the engine's last view of the step
+	// (rollout.go); shadowCounts reports shadow's counts at a step, nil
+	// without shadow.
+	step         atomic.Pointer[stepTally]
+	rollout      atomic.Pointer[rolloutView]
+	shadowCounts atomic.Pointer[func(stepID string) *ShadowStepStats]
+
 	mu      sync.Mutex   // guards the fields below
 	rec     state.Switch // last known durable record
 	pending bool         // rec has changes the store has not taken yet
@@ -103,6 +111,7 @@ func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 	sw.rec = rec
 	sw.pending = pending
 	sw.view.Store(&view{mode: rec.Mode, weight: rec.Weight, threshold: threshold(rec.Weight)})
+	sw.syncStep(rec.Rollout)
 	if h := sw.handler.Load(); h != nil && h.monitor != nil {
 		if rec.Mode != state.ModeLegacy && !h.monitor.Armed() {
 			// Traffic can reach consolidated again (a reset, a half-open
@@ -245,6 +254,7 @@ type switchMetrics struct {
 	replayed, notReplayed map[string]*metrics.Counter
 	trips                 map[string]*metrics.Counter // by rule
 	tripsMu               sync.Mutex
+	rollout               rolloutMetrics
 }
 
 func armIndex(arm string) int {
@@ -304,6 +314,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, rule := range []string{"error_rate", "latency", "consecutive_failures"} {
 		m.trip(sw.name, rule)
 	}
+	m.addRolloutMetrics(sw)
 	return m
 }
 

@@ -22,6 +22,9 @@ import (
 func (h *Handler) tripped(v health.Verdict) {
 	now := time.Now().UTC()
 	legacyBad, legacyWhy := h.legacyHealth(health.Now())
+	ev := h.tripEvidence(v) // nil unless a rollout is under way
+	var aborted state.Decision
+	abortedRollout := false
 	trip := func(cur *state.Switch) bool {
 		if cur.Mode == state.ModeLegacy && cur.Tripped {
 			return false // tripped already, here or elsewhere
@@ -32,6 +35,9 @@ func (h *Handler) tripped(v health.Verdict) {
 		cur.Mode, cur.Tripped, cur.Rule, cur.Reason = state.ModeLegacy, true, v.Rule, v.Reason
 		cur.By, cur.Gateway, cur.Since = "trip "+v.Rule, h.app.gateway, now
 		cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = legacyBad, legacyWhy
+		if d, ok := abortOnTrip(cur, v, ev, h.app.gateway, now); ok {
+			aborted, abortedRollout = d, true
+		}
 		cur.Record(state.Event{Kind: "trip", Mode: state.ModeLegacy, Weight: cur.Weight, Rule: v.Rule, Reason: v.Reason, By: cur.By, Gateway: h.app.gateway, At: now})
 		return true
 	}
@@ -46,8 +52,12 @@ func (h *Handler) tripped(v health.Verdict) {
 		} else {
 			h.logger.Error("switch tripped to legacy", fields...)
 		}
-		if _, err := h.sw.persist(h.ctx, h.app, trip); err != nil {
+		rec, err := h.sw.persist(h.ctx, h.app, trip)
+		if err != nil {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
+		}
+		if abortedRollout {
+			h.rolloutDecided(rec, aborted)
 		}
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
 		h.app.emit("switchback.tripped", data)
