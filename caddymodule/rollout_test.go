@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -181,7 +182,7 @@ func TestRolloutControl(t *testing.T) {
 		{state.RolloutRunning, 1, "resume", "", "", 409},
 		{state.RolloutWaitingApproval, 0, "approve", "", state.RolloutRunning, 0},
 		{state.RolloutRunning, 0, "approve", "", state.RolloutRunning, 0}, // approving ahead
-		{state.RolloutRunning, 1, "approve", "", "", 409},                // 100% has no gate
+		{state.RolloutRunning, 1, "approve", "", "", 409},                 // 100% has no gate
 		{state.RolloutRunning, 1, "abort", "", state.RolloutAborted, 0},
 		{state.RolloutAborted, 1, "abort", "", "", 409},
 		{state.RolloutRunning, 1, "promote", "", "", 400},
@@ -232,4 +233,25 @@ func apiStatus(err error) int {
 		return ae.HTTPStatus
 	}
 	return 0
+}
+
+// BenchmarkServeHTTPRolloutStep is a split request while a rollout runs:
+// the answer is counted in the step's tally too. It must allocate nothing.
+func BenchmarkServeHTTPRolloutStep(b *testing.B) {
+	ok := armFunc(func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(200); return nil })
+	h := testHandler(b, state.ModeSplit, 50, ok, ok)
+	h.sw.step.Store(&stepTally{id: "0@1"})
+	r := request("GET", "")
+	_, val := h.signer.Load().issue()
+	r.Header.Set("Cookie", "sb_user="+val)
+	w := discardWriter{h: http.Header{}}
+	h.ServeHTTP(w, r, nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		h.ServeHTTP(w, r, nil)
+	}
+	if st := h.sw.step.Load(); st.arms[0].Counts().Requests+st.arms[1].Counts().Requests == 0 {
+		b.Fatal("the step's tally counted nothing")
+	}
 }
