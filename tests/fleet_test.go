@@ -84,6 +84,12 @@ type fleet struct {
 // startFleet starts one gateway per Consul address in addrs.
 func startFleet(t *testing.T, addrs ...string) *fleet {
 	t.Helper()
+	return startFleetWith(t, fleetTemplate, addrs...)
+}
+
+// startFleetWith is startFleet with another Caddyfile template.
+func startFleetWith(t *testing.T, template string, addrs ...string) *fleet {
+	t.Helper()
 	f := &fleet{
 		legacy: NewUpstream(t, "legacy"),
 		shared: t.TempDir(),
@@ -99,7 +105,7 @@ func startFleet(t *testing.T, addrs ...string) *fleet {
 		c := NewUpstream(t, fmt.Sprintf("consolidated-%d", i))
 		f.consolidated = append(f.consolidated, c)
 		f.gws = append(f.gws, StartGateway(t, GatewayConfig{
-			Template:     fleetTemplate,
+			Template:     template,
 			Legacy:       f.legacy,
 			Consolidated: c,
 			Extra: map[string]string{
