@@ -313,8 +313,7 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 	cfgWeight := h.Weight
 	now := time.Now().UTC()
 	decide := func(cur state.Switch, exists bool) (state.Switch, bool) {
-		n := cur
-		n.History = append([]state.Event(nil), cur.History...)
+		n := cur.Copy()
 		var what string
 		switch {
 		case !exists:
@@ -520,7 +519,7 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	}
 	sw.mu.Unlock()
 	a.cache.touch()
-	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
+	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Stringer("weight", rec.Weight))
 	return true
 }
 
