@@ -46,6 +46,15 @@ type MonitorOptions struct {
 
 	// Interval is how often Run evaluates every rule (default 100ms).
 	Interval time.Duration
+
+	// OnBothUnhealthy is called by Run when Rules.BothUnhealthy turns
+	// true (bad, with its reason) or false again, judged every Interval
+	// whether or not the Monitor is armed. BothUnhealthy is the state to
+	// start from, so that a Monitor that takes over from another (a
+	// config reload) does not announce it again. Nil means nothing is
+	// called.
+	OnBothUnhealthy func(bad bool, reason string, c Comparison)
+	BothUnhealthy   bool
 }
 
 // Monitor watches one switch: it evaluates the rules against the
@@ -60,9 +69,12 @@ type Monitor struct {
 	now          func() int64
 	interval     time.Duration
 
+	onBoth       func(bool, string, Comparison)
+
 	armed           atomic.Bool
 	lastLatencyEval atomic.Int64 // on the clock of Now
 	last            atomic.Pointer[Verdict]
+	both            atomic.Bool // last BothUnhealthy judged by Run
 }
 
 // NewMonitor returns an armed Monitor.
@@ -75,7 +87,9 @@ func NewMonitor(opts MonitorOptions) *Monitor {
 		onTrip:       opts.OnTrip,
 		now:          opts.Now,
 		interval:     opts.Interval,
+		onBoth:       opts.OnBothUnhealthy,
 	}
+	m.both.Store(opts.BothUnhealthy)
 	if m.consolidated == nil {
 		m.consolidated = NewWindow(opts.Rules.WindowOptions())
 	}
@@ -138,8 +152,15 @@ func (m *Monitor) latencyDue(now int64) bool {
 // the clock of Now) and trips the Monitor if one breaks and it is armed.
 // It returns the verdict of the breached rule, if any, whether or not the
 // Monitor was armed.
+//
+// The relative rules are judged here, not on the request path: every
+// Interval (100ms by default) is soon enough for them, and they read both
+// arms' histograms.
 func (m *Monitor) Check(now int64) (Verdict, bool) {
 	v, ok := m.rules.Evaluate(m.consolidated.StatsWithQuantile(now, m.rules.LatencyQuantile))
+	if !ok && m.rules.Relative() && m.legacy != nil {
+		v, ok = m.rules.EvaluateRelative(m.Compare(now))
+	}
 	if ok {
 		m.trip(v, now)
 		v.At = Time(now)
@@ -166,7 +187,41 @@ func (m *Monitor) Run(ctx context.Context) {
 			if m.armed.Load() {
 				m.Check(now)
 			}
+			m.judgeBoth(now)
 		}
+	}
+}
+
+// Compare compares the two arms' windows at now (on the clock of Now).
+// Each arm's Stats also holds the latency at the relative latency rule's
+// quantile, or else at the absolute latency rule's. Without a legacy
+// window, legacy's side is empty.
+func (m *Monitor) Compare(now int64) Comparison {
+	q := m.rules.RelativeLatency.Quantile
+	if q == 0 {
+		q = m.rules.LatencyQuantile
+	}
+	var l Stats
+	if m.legacy != nil {
+		l = m.legacy.StatsWithQuantile(now, q)
+	}
+	return Compare(l, m.consolidated.StatsWithQuantile(now, q))
+}
+
+// BothUnhealthy reports the state Run last judged (see
+// Rules.BothUnhealthy).
+func (m *Monitor) BothUnhealthy() bool { return m.both.Load() }
+
+// judgeBoth judges Rules.BothUnhealthy at now and calls OnBothUnhealthy
+// when it changed.
+func (m *Monitor) judgeBoth(now int64) {
+	if !m.rules.Relative() || m.legacy == nil {
+		return
+	}
+	c := m.Compare(now)
+	reason, bad := m.rules.BothUnhealthy(c)
+	if m.both.CompareAndSwap(!bad, bad) && m.onBoth != nil {
+		m.onBoth(bad, reason, c)
 	}
 }
 
