@@ -69,7 +69,7 @@ type Monitor struct {
 	now          func() int64
 	interval     time.Duration
 
-	onBoth       func(bool, string, Comparison)
+	onBoth func(bool, string, Comparison)
 
 	armed           atomic.Bool
 	lastLatencyEval atomic.Int64 // on the clock of Now
