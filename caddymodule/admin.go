@@ -155,6 +155,11 @@ type SwitchStatus struct {
 	Pending bool                 `json:"pending,omitempty"` // not yet in the store
 	Arms    map[string]ArmStatus `json:"arms,omitempty"`
 	Rules   *RuleStatus          `json:"rules,omitempty"`
+
+	// BothUnhealthy says both arms fail alike, as this gateway judges
+	// now: the relative rules hold, since moving traffic would not help.
+	BothUnhealthy       bool   `json:"both_unhealthy"`
+	BothUnhealthyReason string `json:"both_unhealthy_reason,omitempty"`
 }
 
 // ArmStatus is an arm's window.
@@ -185,6 +190,9 @@ type RuleStatus struct {
 	MinRequests uint64   `json:"min_requests"`
 	Window      string   `json:"window"`
 	AutoRecover bool     `json:"auto_recover,omitempty"`
+	// Relative lists the rules relative to legacy, with the arms'
+	// current ratio.
+	Relative []RelativeRuleStatus `json:"relative,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -228,6 +236,12 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		}
 		if r.ConsecutiveFailures == 0 {
 			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleConsecutiveFailures)
+		}
+		st.Rules.Relative = relativeStatus(h.monitor, now)
+	}
+	if st.BothUnhealthy = sw.both.Load(); st.BothUnhealthy {
+		if why := sw.bothReason.Load(); why != nil {
+			st.BothUnhealthyReason = *why
 		}
 	}
 	return st

@@ -54,7 +54,9 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		trip off
 //		trip {
 //			error_rate <percent>|off
+//			error_rate <ratio>x legacy [floor <percent>] [min_requests <n>]
 //			latency p<quantile> <duration>|off
+//			latency p<quantile> <ratio>x legacy [floor <duration>] [min_requests <n>]
 //			consecutive_failures <n>|off
 //			window <duration>
 //			buckets <n>
@@ -285,6 +287,16 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		rule := d.Val()
+		if relativeLine(d) {
+			if seen[rule+" legacy"] {
+				return d.Errf("duplicate trip rule '%s ... legacy'", rule)
+			}
+			seen[rule+" legacy"] = true
+			if err := t.unmarshalRelative(d); err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[rule] {
 			return d.Errf("duplicate trip rule '%s'", rule)
 		}
@@ -354,7 +366,7 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 			}
 			t.MinRequests = n
 		default:
-			return d.Errf("unknown trip rule '%s': want error_rate, latency, consecutive_failures, window, buckets or min_requests", rule)
+			return d.Errf("unknown trip rule '%s': want error_rate, latency, consecutive_failures, window, buckets or min_requests (error_rate and latency may also be relative: error_rate 2x legacy)", rule)
 		}
 		if d.NextArg() {
 			return d.ArgErr()
@@ -369,6 +381,9 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 		t.ConsecutiveFailures = DefaultConsecutiveFailures
 	}
 	if err := t.check(); err != nil {
+		return d.Errf("trip: %v", err)
+	}
+	if err := (&Handler{Trip: t}).rules().Validate(); err != nil {
 		return d.Errf("trip: %v", err)
 	}
 	h.Trip = t

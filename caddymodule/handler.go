@@ -164,8 +164,15 @@ type Trip struct {
 	Buckets int            `json:"buckets,omitempty"`
 
 	// MinRequests is how many requests the window must hold before the
-	// rate and latency rules may fire (default 20).
+	// rate and latency rules may fire (default 20). The rules relative to
+	// legacy ask it of each arm's window.
 	MinRequests int `json:"min_requests,omitempty"`
+
+	// RelativeErrorRate and RelativeLatency compare consolidated with
+	// legacy ("error_rate 2x legacy", "latency p99 1.5x legacy"). They
+	// are off unless given, and work beside the rules above.
+	RelativeErrorRate *RelativeErrorRate `json:"relative_error_rate,omitempty"`
+	RelativeLatency   *RelativeLatency   `json:"relative_latency,omitempty"`
 }
 
 // tripRules are the names of the rules a Trip can turn off.
@@ -196,7 +203,7 @@ func (t *Trip) check() error {
 			return fmt.Errorf("%s is both set and turned off", r)
 		}
 	}
-	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] {
+	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] && !t.relative() {
 		return fmt.Errorf("every rule is off: write 'trip off' (\"off\": true) to watch without tripping")
 	}
 	return nil
@@ -324,6 +331,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Consolidated: h.win.consolidated,
 		Legacy:       h.win.legacy,
 		OnTrip:       h.tripped,
+
+		OnBothUnhealthy: h.bothUnhealthy,
+		BothUnhealthy:   sw.both.Load(),
 	})
 	return nil
 }
@@ -555,9 +565,10 @@ func (h *Handler) rules() compiledRules {
 	if t.Buckets != 0 {
 		r.buckets = t.Buckets
 	}
+	t.relativeRules(&r.Rules)
 	if t.MinRequests != 0 {
 		r.MinRequests = uint64(max(t.MinRequests, 0))
-	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 {
+	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 && !r.Relative() {
 		r.MinRequests = 0 // nothing to gate
 	}
 	return r

@@ -53,6 +53,11 @@ type Switch struct {
 
 	metrics *switchMetrics
 
+	// both is set while both arms fail alike (health.Rules.BothUnhealthy),
+	// as this gateway's monitor last judged; bothReason says why.
+	both       atomic.Bool
+	bothReason atomic.Pointer[string]
+
 	mu      sync.Mutex   // guards the fields below
 	rec     state.Switch // last known durable record
 	pending bool         // rec has changes the store has not taken yet
@@ -308,6 +313,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, rule := range []string{"error_rate", "latency", "consecutive_failures"} {
 		m.trip(sw.name, rule)
 	}
+	registerRelativeMetrics(m, sw)
 	return m
 }
 

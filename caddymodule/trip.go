@@ -50,6 +50,9 @@ func (h *Handler) tripped(v health.Verdict) {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
 		}
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
+		if v.Evidence != nil {
+			data["threshold"], data["p_value"], data["evidence"] = v.Threshold, v.PValue, *v.Evidence
+		}
 		h.app.emit("switchback.tripped", data)
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
 	})
