@@ -37,7 +37,9 @@ func TestTripRulesInEffect(t *testing.T) {
 		{"latency off", "trip {\nlatency off\n}", `{"rules_off":["latency"]}`, def},
 		{"window alone", "trip {\nwindow 3s\n}", `{"window":"3s"}`, with(func(r *health.Rules) { r.Window = 3 * time.Second })},
 		{"relative error rate keeps the defaults", "trip {\nerror_rate 2x legacy\n}", `{"relative_error_rate":{"ratio":2}}`,
-			with(func(r *health.Rules) { r.RelativeErrorRate = health.RelativeErrorRule{Ratio: 2, Floor: health.DefaultErrorFloor} })},
+			with(func(r *health.Rules) {
+				r.RelativeErrorRate = health.RelativeErrorRule{Ratio: 2, Floor: health.DefaultErrorFloor}
+			})},
 		{"relative beside absolute", "trip {\nerror_rate 2x legacy floor 2% min_requests 50\nlatency p99 1.5x legacy floor 20ms\nerror_rate 7%\n}",
 			`{"error_rate":0.07,"relative_error_rate":{"ratio":2,"floor":0.02,"min_requests":50},"relative_latency":{"quantile":0.99,"ratio":1.5,"floor":"20ms"}}`,
 			with(func(r *health.Rules) {
