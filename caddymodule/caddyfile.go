@@ -75,6 +75,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		on_trip restore emergency
 //		on_trip restore point <id>
 //		on_recover ...
+//		override header|cookie <name> [trusted <cidr|ip|private_ranges>...]
 //	}
 //
 // The arms are parsed like handle blocks, so any handler works inside.
@@ -177,6 +178,10 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			}
 		case "auto_recover":
 			if err := h.unmarshalAutoRecover(d); err != nil {
+				return err
+			}
+		case "override":
+			if err := h.unmarshalOverride(d); err != nil {
 				return err
 			}
 		case "on_trip", "on_recover":

@@ -24,6 +24,7 @@ const (
 	taskCacheWriter  = "cache_writer"
 	taskSecret       = "cookie_secret_refresh"
 	taskRecovery     = "restore_recovery"
+	taskOverrideKey  = "override_key"
 )
 
 // goroutinePanics counts, by task, the panics recovered in switchback's

@@ -96,6 +96,10 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Override, if set, lets testers name the arm of a request in a
+	// header or cookie (see Override). Nil means no request can.
+	Override *Override `json:"override,omitempty"`
+
 	legacy       caddyhttp.MiddlewareHandler
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
@@ -111,6 +115,7 @@ type Handler struct {
 	replay       bool
 	maxBody      int64
 	replayUnsafe caddyhttp.MatcherSets
+	ovr          *overrider // nil without an Override
 	logger       *zap.Logger
 	ctx          caddy.Context
 }
@@ -320,6 +325,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
+	if h.Override != nil {
+		if err := h.startOverride(ctx); err != nil {
+			return err
+		}
+	}
 	if h.Probe != nil && ctx.Value(caddyhttp.ServerCtxKey) == nil {
 		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
 	}
@@ -424,6 +434,11 @@ func (h *Handler) checkConfig() error {
 	}
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
+	if h.Override != nil {
+		if err := h.Override.check(h.sticky()); err != nil {
+			return fmt.Errorf("switch %s: %w", h.Name, err)
+		}
 	}
 	if p := h.Probe; p != nil {
 		if p.Arm != armLegacy && p.Arm != armConsolidated {
@@ -577,9 +592,14 @@ func (h *Handler) rules() compiledRules {
 // ServeHTTP picks an arm and serves the request there, replaying a failed
 // consolidated answer on legacy when it can.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.ovr != nil {
+		if arm, ok := h.ovr.arm(r, time.Now()); ok {
+			return h.serveOverride(arm, w, r, next, repl)
+		}
+	}
 	v := h.sw.view.Load()
 	consolidated := h.pick(v, w, r)
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !consolidated {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
