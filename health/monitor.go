@@ -15,6 +15,10 @@ const (
 	// latencyEvalEvery is the least time between two evaluations of the
 	// latency rule from Observed, in nanoseconds.
 	latencyEvalEvery = int64(10 * time.Millisecond)
+
+	// relativeEvalEvery is the least time between two evaluations of the
+	// relative error-rate rule from Observed, in nanoseconds.
+	relativeEvalEvery = int64(5 * time.Millisecond)
 )
 
 // MonitorOptions configures a Monitor.
@@ -73,6 +77,7 @@ type Monitor struct {
 
 	armed           atomic.Bool
 	lastLatencyEval atomic.Int64 // on the clock of Now
+	lastRelEval     atomic.Int64 // on the clock of Now
 	last            atomic.Pointer[Verdict]
 	both            atomic.Bool // last BothUnhealthy judged by Run
 }
@@ -126,6 +131,9 @@ func (m *Monitor) Observed(now int64, failed bool, latency time.Duration) {
 	if !failed && !evalLatency {
 		return
 	}
+	if failed && r.RelativeErrorRate.On() && m.legacy != nil && m.due(&m.lastRelEval, now, relativeEvalEvery) {
+		m.observedRelative(now)
+	}
 	w := m.consolidated
 	s := Stats{ConsecutiveFailures: w.ConsecutiveFailures(), Window: w.Span()}
 	if r.ErrorRate > 0 || evalLatency {
@@ -144,8 +152,34 @@ func (m *Monitor) Observed(now int64, failed bool, latency time.Duration) {
 // latencyDue reports whether the latency rule is due for evaluation at
 // now, and if so claims it.
 func (m *Monitor) latencyDue(now int64) bool {
-	last := m.lastLatencyEval.Load()
-	return now-last >= latencyEvalEvery && m.lastLatencyEval.CompareAndSwap(last, now)
+	return m.due(&m.lastLatencyEval, now, latencyEvalEvery)
+}
+
+// due reports whether an evaluation last done at *last is due again at
+// now, every, and if so claims it.
+func (m *Monitor) due(last *atomic.Int64, now, every int64) bool {
+	l := last.Load()
+	return now-l >= every && last.CompareAndSwap(l, now)
+}
+
+// observedRelative evaluates the relative error-rate rule on the request
+// path, after a consolidated failure: from both windows' counters alone,
+// without their histograms, so it costs two sums over the buckets and the
+// test. It allocates only when the rule fires. The latency rule, which
+// needs the histograms, is left to Check.
+func (m *Monitor) observedRelative(now int64) {
+	var l, k Stats
+	l.Requests, l.Failures = m.legacy.counts(now)
+	k.Requests, k.Failures = m.consolidated.counts(now)
+	l.ErrorRate, k.ErrorRate = errorRate(l.Requests, l.Failures), errorRate(k.Requests, k.Failures)
+	l.Window, k.Window = m.legacy.Span(), m.consolidated.Span()
+	if !m.rules.errorRuleFires(k.Failures, k.Requests, l.Failures, l.Requests) {
+		return
+	}
+	// Fires: judge again with the full Stats, for the evidence.
+	if v, ok := m.rules.EvaluateRelative(m.Compare(now)); ok {
+		m.trip(v, now)
+	}
 }
 
 // Check evaluates every rule against the consolidated window at now (on

@@ -192,13 +192,14 @@ func (r Rules) EvaluateRelative(c Comparison) (Verdict, bool) {
 	}
 	if e := r.RelativeErrorRate; r.errorRuleFires(k.Failures, k.Requests, l.Failures, l.Requests) {
 		p := c.PValueAbove(e.Floor)
+		ev := c // escapes only when the rule fires
 		return Verdict{
 			Rule: RuleErrorRateRelative,
 			Reason: fmt.Sprintf("error_rate %s vs legacy %s: above %s legacy and %s points worse (p=%s < %s) over %s (n=%d/%d)",
 				formatPercent(k.ErrorRate), formatPercent(l.ErrorRate), formatRatio(e.Ratio), formatDecimal(c.Gap*100, 2),
 				formatP(p), formatP(Alpha), formatDuration(window), k.Requests, l.Requests),
 			Threshold: e.Threshold(),
-			Evidence:  &c,
+			Evidence:  &ev,
 			PValue:    p,
 		}, true
 	}
@@ -208,13 +209,14 @@ func (r Rules) EvaluateRelative(c Comparison) (Verdict, bool) {
 		dl, ok2 := l.LatencyAt(lr.Quantile)
 		if ok1 && ok2 && k.Requests >= min && l.Requests >= min &&
 			float64(dk) > lr.Ratio*float64(dl) && dk-dl >= lr.Floor {
+			ev := c
 			return Verdict{
 				Rule: RuleLatencyRelative,
 				Reason: fmt.Sprintf("latency %s %s vs legacy %s: above %s legacy over %s (n=%d/%d)",
 					formatQuantile(lr.Quantile), formatDuration(roundSignificant(dk, 3)), formatDuration(roundSignificant(dl, 3)),
 					formatRatio(lr.Ratio), formatDuration(window), k.Requests, l.Requests),
 				Threshold: lr.Threshold(),
-				Evidence:  &c,
+				Evidence:  &ev,
 				PValue:    c.PValue,
 			}, true
 		}

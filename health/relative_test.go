@@ -245,3 +245,58 @@ func TestMonitorRelative(t *testing.T) {
 		}
 	})
 }
+
+// TestObservedRelative: a consolidated failure evaluates the relative
+// error-rate rule on the request path (no Run needed), without
+// allocating while it holds.
+func TestObservedRelative(t *testing.T) {
+	r := relRules
+	r.ErrorRate, r.RelativeLatency = 0, RelativeLatencyRule{}
+	m, rec := newTestMonitor(t, r)
+	for i := range 1000 {
+		ts := at(time.Duration(i) * time.Millisecond)
+		m.Legacy().Observe(ts, time.Millisecond, false)
+		observe(m, ts, time.Millisecond, false)
+	}
+	i := int64(1000)
+	allocs := testing.AllocsPerRun(200, func() {
+		i++
+		ts := at(time.Duration(i) * 6 * time.Millisecond / 5)
+		m.Legacy().Observe(ts, time.Millisecond, i%50 == 0)
+		observe(m, ts, time.Millisecond, i%50 == 0) // 2% alike on both: holds
+	})
+	if allocs != 0 {
+		t.Errorf("Observed with a relative rule allocates %v times per call", allocs)
+	}
+	if len(rec.get()) != 0 {
+		t.Fatalf("tripped on failures alike: %+v", rec.get())
+	}
+	for j := range 400 {
+		ts := at(time.Duration(i)*6*time.Millisecond/5 + time.Duration(j)*6*time.Millisecond)
+		m.Legacy().Observe(ts, time.Millisecond, false)
+		observe(m, ts, time.Millisecond, j%5 == 0)
+	}
+	v := rec.get()
+	if len(v) != 1 || v[0].Rule != RuleErrorRateRelative || v[0].Evidence == nil {
+		t.Fatalf("verdicts %+v, want one relative trip from Observed", v)
+	}
+}
+
+// BenchmarkMonitorObservedRelative: the request path of a consolidated
+// failure with the relative error-rate rule on (evaluated at most every
+// 5ms), and of a success.
+func BenchmarkMonitorObservedRelative(b *testing.B) {
+	r := relRules
+	r.ErrorRate, r.MinRequests = 0.99, 10
+	m := NewMonitor(MonitorOptions{Rules: r, Consolidated: NewWindow(r.WindowOptions()), Legacy: NewWindow(r.WindowOptions())})
+	start := time.Now().UnixNano()
+	b.ReportAllocs()
+	i := int64(0)
+	for b.Loop() {
+		i++
+		now := start + i*int64(100*time.Microsecond)
+		m.Legacy().Observe(now, time.Millisecond, i%64 == 0)
+		m.Consolidated().Observe(now, time.Millisecond, i%64 == 0)
+		m.Observed(now, i%64 == 0, time.Millisecond)
+	}
+}
