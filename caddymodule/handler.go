@@ -369,6 +369,8 @@ func (h *Handler) commit() {
 	if h.Trip == nil || !h.Trip.Off {
 		goLoop(h.ctx, h.logger, taskMonitor, h.monitor.Run)
 		goLoop(h.ctx, h.logger, taskLegacyWatch, h.legacyWatchLoop)
+	} else if sw.both.Load() {
+		h.bothUnhealthy(false, "", health.Comparison{}) // no monitor runs to judge it
 	}
 	if h.Probe != nil {
 		if err := h.startProbe(h.ctx); err != nil {

@@ -248,12 +248,17 @@ func (m *Monitor) BothUnhealthy() bool { return m.both.Load() }
 
 // judgeBoth judges Rules.BothUnhealthy at now and calls OnBothUnhealthy
 // when it changed.
+//
+// Without relative rules it is false, so a Monitor seeded with true by a
+// config that had them announces the end of it.
 func (m *Monitor) judgeBoth(now int64) {
-	if !m.rules.Relative() || m.legacy == nil {
-		return
+	var c Comparison
+	var reason string
+	var bad bool
+	if m.rules.Relative() && m.legacy != nil {
+		c = m.Compare(now)
+		reason, bad = m.rules.BothUnhealthy(c)
 	}
-	c := m.Compare(now)
-	reason, bad := m.rules.BothUnhealthy(c)
 	if m.both.CompareAndSwap(!bad, bad) && m.onBoth != nil {
 		m.onBoth(bad, reason, c)
 	}

@@ -300,3 +300,25 @@ func BenchmarkMonitorObservedRelative(b *testing.B) {
 		m.Observed(now, i%64 == 0, time.Millisecond)
 	}
 }
+
+// TestMonitorBothUnhealthyEndsWithoutRelativeRules: a Monitor seeded as
+// both unhealthy (a reload from a config with relative rules to one
+// without) announces that the state is over.
+func TestMonitorBothUnhealthyEndsWithoutRelativeRules(t *testing.T) {
+	got := make(chan bool, 1)
+	m := NewMonitor(MonitorOptions{Rules: Rules{ErrorRate: 0.05, Window: time.Second}, Legacy: NewWindow(WindowOptions{}),
+		BothUnhealthy: true, OnBothUnhealthy: func(bad bool, _ string, _ Comparison) { got <- bad }})
+	m.judgeBoth(at(time.Second))
+	select {
+	case bad := <-got:
+		if bad {
+			t.Error("announced as unhealthy")
+		}
+	default:
+		t.Fatal("not announced")
+	}
+	m.judgeBoth(at(2 * time.Second))
+	if len(got) != 0 {
+		t.Error("announced twice")
+	}
+}
