@@ -200,3 +200,29 @@ func TestOneFailureSafe(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPValueAbove: for any counts and gap the p-value is a probability,
+// and a larger gap never makes consolidated look more significantly worse.
+func FuzzPValueAbove(f *testing.F) {
+	f.Add(uint64(30), uint64(1500), uint64(0), uint64(1500), 0.01)
+	f.Add(uint64(1), uint64(20), uint64(0), uint64(1<<40), 0.01)
+	f.Add(uint64(20), uint64(20), uint64(0), uint64(20), 0.5)
+	f.Add(uint64(0), uint64(0), uint64(0), uint64(0), 0.0)
+	f.Fuzz(func(t *testing.T, x1, n1, x2, n2 uint64, gap float64) {
+		if !(gap >= 0 && gap < 0.9) || n1 > 1<<50 || n2 > 1<<50 {
+			return
+		}
+		p := PValueAbove(x1, n1, x2, n2, gap)
+		// With no failure at all, or nothing but failures, there is no
+		// variance at gap 0 and the p-value is 1 by convention; the
+		// order below holds for the informative cases.
+		x1, x2 = min(x1, n1), min(x2, n2)
+		informative := x1+x2 > 0 && x1+x2 < n1+n2
+		if math.IsNaN(p) || p < 0 || p > 1 {
+			t.Fatalf("p=%v for %d/%d vs %d/%d gap %v", p, x1, n1, x2, n2, gap)
+		}
+		if q := PValueAbove(x1, n1, x2, n2, gap+0.05); informative && q < p-1e-9 {
+			t.Fatalf("p=%v at gap %v but %v at gap %v, for %d/%d vs %d/%d", p, gap, q, gap+0.05, x1, n1, x2, n2)
+		}
+	})
+}
