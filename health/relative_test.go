@@ -322,3 +322,34 @@ func TestMonitorBothUnhealthyEndsWithoutRelativeRules(t *testing.T) {
 		t.Error("announced twice")
 	}
 }
+
+// TestMonitorRelativeLatency: the latency rule reads both windows'
+// histograms: consolidated at 3x legacy's p99 trips it, at 1.2x it holds.
+func TestMonitorRelativeLatency(t *testing.T) {
+	for _, tc := range []struct {
+		cons time.Duration
+		trip bool
+	}{{30 * time.Millisecond, true}, {12 * time.Millisecond, false}} {
+		r := Rules{MinRequests: 20, Window: 10 * time.Second, RelativeLatency: RelativeLatencyRule{Quantile: 0.99, Ratio: 1.5, Floor: 5 * time.Millisecond}}
+		m, rec := newTestMonitor(t, r)
+		for i := range 200 {
+			ts := at(time.Duration(i) * time.Millisecond)
+			m.Legacy().Observe(ts, 10*time.Millisecond, false)
+			m.Consolidated().Observe(ts, tc.cons, false)
+		}
+		v, ok := m.Check(at(time.Second))
+		if ok != tc.trip || len(rec.get()) != b2i(tc.trip) {
+			t.Fatalf("consolidated at %v: Check = %v %+v", tc.cons, ok, v)
+		}
+		if ok && (v.Rule != RuleLatencyRelative || !strings.HasPrefix(v.Reason, "latency p99 30") || v.Threshold != "p99 1.5x, floor 5ms") {
+			t.Errorf("verdict %+v", v)
+		}
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
