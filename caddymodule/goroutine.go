@@ -25,6 +25,7 @@ const (
 	taskSecret       = "cookie_secret_refresh"
 	taskRecovery     = "restore_recovery"
 	taskRollout      = "rollout"
+	taskOverrideKey  = "override_key"
 )
 
 // goroutinePanics counts, by task, the panics recovered in switchback's

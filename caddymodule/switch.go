@@ -60,6 +60,10 @@ type Switch struct {
 	step         atomic.Pointer[stepTally]
 	rollout      atomic.Pointer[rolloutView]
 	shadowCounts atomic.Pointer[func(stepID string) *ShadowStepStats]
+	// both is set while both arms fail alike (health.Rules.BothUnhealthy),
+	// as this gateway's monitor last judged; bothReason says why.
+	both       atomic.Bool
+	bothReason atomic.Pointer[string]
 
 	mu      sync.Mutex   // guards the fields below
 	rec     state.Switch // last known durable record
@@ -337,6 +341,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 		m.trip(sw.name, rule)
 	}
 	m.addRolloutMetrics(sw)
+	registerRelativeMetrics(m, sw)
 	return m
 }
 

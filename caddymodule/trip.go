@@ -64,6 +64,9 @@ func (h *Handler) tripped(v health.Verdict) {
 			h.rolloutDecided(rec, aborted)
 		}
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
+		if v.Evidence != nil {
+			data["threshold"], data["p_value"], data["evidence"] = v.Threshold, v.PValue, *v.Evidence
+		}
 		h.app.emit("switchback.tripped", data)
 		if !won {
 			h.logger.Info("on_trip left to the gateway whose trip was written first", zap.String("by", rec.Gateway), zap.String("rule", rec.Rule))
