@@ -130,6 +130,11 @@ func (w *Weight) UnmarshalJSON(b []byte) error {
 		if err != nil {
 			return fmt.Errorf("invalid weight %s: must be a number of percent from 0 to 100", s)
 		}
+		if mant, _, _ := strings.Cut(strings.ToLower(s), "e"); f == 0 && strings.ContainsAny(mant, "123456789") {
+			// ParseFloat rounds an underflow (1e-400) to 0 without an
+			// error: a weight that small is no whole number of hundredths.
+			return fmt.Errorf("invalid weight %s: has more than 2 decimals: the resolution is 0.01%%", s)
+		}
 		s = strconv.FormatFloat(f, 'f', -1, 64)
 	}
 	v, err := parseHundredths(s)

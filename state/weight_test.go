@@ -74,10 +74,13 @@ func TestWeightJSON(t *testing.T) {
 		t.Fatalf("old integer record read as %+v, %v", sw, err)
 	}
 	var w Weight
+	if err := json.Unmarshal([]byte(`0e-400`), &w); err != nil || w != 0 {
+		t.Fatalf("0e-400 read as %d, %v; want 0", w, err)
+	}
 	if err := json.Unmarshal([]byte(`2.5e-1`), &w); err != nil || w != 25 {
 		t.Fatalf("exponent form read as %d, %v", w, err)
 	}
-	for _, bad := range []string{`12.345`, `101`, `-1`, `"12"`, `1e-9`, `true`} {
+	for _, bad := range []string{`12.345`, `101`, `-1`, `"12"`, `1e-9`, `true`, `1e-400`, `-1e-400`, `1e400`} {
 		if err := json.Unmarshal([]byte(bad), &w); err == nil {
 			t.Errorf("Unmarshal(%s) accepted %d", bad, w)
 		}
@@ -106,6 +109,31 @@ func FuzzParseWeight(f *testing.F) {
 		var j Weight
 		if err := json.Unmarshal(b, &j); err != nil || j != w {
 			t.Fatalf("JSON %s of %d reads back as %d, %v", b, w, j, err)
+		}
+	})
+}
+
+// FuzzWeightJSON checks that a JSON weight that reads is in range and is
+// the number that was written: no underflow, rounding or overflow reads
+// as another weight.
+func FuzzWeightJSON(f *testing.F) {
+	for _, s := range []string{"0", "25", "12.5", "1e-400", "2.5e-1", "1e2", "1e400", "0.001e1", "12.345", "-0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var w Weight
+		if json.Unmarshal([]byte(s), &w) != nil {
+			return
+		}
+		if w.Check() != nil {
+			t.Fatalf("%s read as %d, out of range", s, w)
+		}
+		var v float64
+		if json.Unmarshal([]byte(s), &v) != nil {
+			return // null
+		}
+		if d := v*100 - float64(w); d > 1e-6 || d < -1e-6 {
+			t.Fatalf("%s read as %d hundredths of a percent", s, w)
 		}
 	})
 }
