@@ -134,6 +134,10 @@ func (a *App) handleRollout(w http.ResponseWriter, r *http.Request, name string)
 	var plan *state.Rollout
 	if h != nil && h.Rollout != nil {
 		plan = h.Rollout.plan()
+	} else if req.Action != "abort" {
+		// No engine walks a rollout without a block; a record's rollout
+		// left from an earlier config can only be aborted.
+		return apiErr(http.StatusNotFound, "switch %s has no rollout block in its config: add one to %s a rollout (only abort ends one left from an earlier config)", name, req.Action)
 	}
 	by, now := who(r, req.By), time.Now().UTC()
 	// Judge the action on the state as this gateway knows it, for a clear

@@ -390,6 +390,8 @@ func (h *Handler) commit() {
 	}
 	if h.Rollout != nil {
 		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
+	} else {
+		h.pauseOrphanRollout(h.ctx)
 	}
 }
 

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -414,6 +415,33 @@ func (h *Handler) syncPlan(ctx context.Context) bool {
 		return true
 	})
 	return err == nil || h.sw.pendingNow()
+}
+
+// pauseOrphanRollout pauses a rollout that the record says is running,
+// or waiting for an approval, when the config has no rollout block: no
+// engine walks it any more, and it must not say "running" for ever. It
+// stays where it is, at its weight; adding the block back and resuming
+// walks it on, abort ends it.
+func (h *Handler) pauseOrphanRollout(ctx context.Context) {
+	const reason = "the config has no rollout block: paused where it is (add the block back and resume, or abort)"
+	var d state.Decision
+	rec, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+		ro := cur.Rollout
+		if ro == nil || (ro.State != state.RolloutRunning && ro.State != state.RolloutWaitingApproval) {
+			return false
+		}
+		now := later(cur.Since)
+		ro.State = state.RolloutPaused
+		d = state.Decision{Kind: "pause", At: now, By: "config", Gateway: h.app.gateway, Reason: reason, From: ro.Weight(), To: cur.Weight, Step: ro.Step}
+		ro.Decide(d)
+		cur.Reason, cur.By, cur.Gateway, cur.Since = "rollout paused: "+reason, "config", h.app.gateway, now
+		cur.Record(state.Event{Kind: "rollout_pause", Mode: cur.Mode, Weight: cur.Weight, Reason: reason, By: "config", Gateway: h.app.gateway, At: now})
+		return true
+	})
+	if d.Kind == "" || (err != nil && !errors.Is(err, state.ErrUnavailable)) {
+		return
+	}
+	h.rolloutDecided(rec, d)
 }
 
 // pendingNow says whether the switch holds a change the store has not
