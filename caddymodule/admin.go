@@ -363,6 +363,10 @@ type changeRequest struct {
 // at most two decimals (25, 0.5, 12.25).
 func parseWeight(raw json.RawMessage) (state.Weight, error) {
 	var w state.Weight
+	if string(bytes.TrimSpace(raw)) == "null" {
+		// Unmarshal leaves a Weight be on null, which would read as 0%.
+		return 0, apiErr(http.StatusBadRequest, "invalid weight null: must be a number of percent from 0 to 100, like 25 or 0.5")
+	}
 	if err := json.Unmarshal(raw, &w); err != nil {
 		return 0, apiErr(http.StatusBadRequest, "%v", err)
 	}

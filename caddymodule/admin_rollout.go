@@ -66,6 +66,9 @@ func rolloutControl(cur *state.Switch, req rolloutRequest, plan *state.Rollout, 
 			return conflict("only a paused rollout can be resumed")
 		}
 		ro.State = state.RolloutRunning
+		// The plan goes on from the step's weight: a weight or mode set by
+		// hand paused it, and left there the engine would pause it again.
+		cur.Mode, cur.Weight = state.ModeSplit, ro.Weight()
 	case "approve":
 		next := ro.Step + 1
 		gated, approved := ro.Gated(next)

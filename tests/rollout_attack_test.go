@@ -107,3 +107,101 @@ func TestRolloutThroughReloads(t *testing.T) {
 		t.Errorf("resume with no rollout block: %d %q", code, msg)
 	}
 }
+
+// adminRaw posts a raw body to the admin API and returns the status and
+// the error it says.
+func adminRaw(t *testing.T, g *Gateway, path, body string) (int, string) {
+	t.Helper()
+	var out struct {
+		Error string `json:"error"`
+	}
+	code := g.AdminJSON(t, http.MethodPost, path, body, &out)
+	return code, out.Error
+}
+
+// TestRolloutHostileInput: admin bodies written without reading the
+// docs get a clear 4xx and change nothing; a weight set by hand during a
+// rollout pauses it, and resume walks on from the step's weight; a trip
+// while a manual gate waits aborts the rollout.
+func TestRolloutHostileInput(t *testing.T) {
+	opts := "\t\trollout {\n\t\t\tsteps 10% 50% 100%\n\t\t\thold 1s\n\t\t\tmin_requests off\n\t\t\tgate 100% manual\n\t\t}\n\t\ttrip {\n\t\t\tconsecutive_failures 5\n\t\t}"
+	e := startFailover(t, "split", 0, opts)
+	g := e.g
+	const ro, wt = "/switchback/switches/main/rollout", "/switchback/switches/main/weight"
+	for _, tc := range []struct {
+		path, body string
+		status     int
+		msg        string
+	}{
+		{wt, `{"weight": "5%"}`, 400, "number of percent"},
+		{wt, `{"weight": 1e400}`, 400, "invalid weight"},
+		{wt, `{"weight": 1e-400}`, 400, "more than 2 decimals"},
+		{wt, `{"weight": 12.345}`, 400, "more than 2 decimals"},
+		{wt, `{"weight": -0}`, 400, "between 0 and 100"},
+		{wt, `{"weight": 100.01}`, 400, "between 0 and 100"},
+		{wt, `{"weight": 5} {"weight": 6}`, 400, "extra data"},
+		{wt, `{"weight": 5`, 400, "malformed JSON"},
+		{wt, `{"weight": null}`, 400, "weight"},
+		{wt, `{"Weight": 5, "weight": 6}`, 0, ""}, // encoding/json folds case; see below
+		{ro, `{"action": "START"}`, 400, `unknown rollout action "START"`},
+		{ro, `{"action": "start", "action": "abort"}`, 0, ""},
+		{ro, `{"action": ["start"]}`, 400, `field "action" must be a string`},
+		{ro, `{"action": "start", "force": true}`, 400, `unknown field "force"`},
+		{ro, `{"action": "start"}garbage`, 400, "extra data"},
+		{ro, `{"action": "start", "reason": "` + strings.Repeat("x", 2<<20) + `"}`, 413, "over"},
+		{ro, `{}`, 400, "missing action"},
+		{ro, `[]`, 400, "invalid request body"},
+		{"/switchback/switches/nope/rollout", `{"action": "start"}`, 404, "nope"},
+		{ro, `{"action": "approve"}`, 409, "nothing to approve"},
+		{ro, `{"action": "promote", "reason": "   "}`, 400, "needs a reason"},
+	} {
+		if tc.status == 0 {
+			continue
+		}
+		code, msg := adminRaw(t, g, tc.path, tc.body)
+		if code != tc.status || !strings.Contains(msg, tc.msg) {
+			t.Errorf("POST %s %.60s: %d %q; want %d and %q", tc.path, tc.body, code, msg, tc.status, tc.msg)
+		}
+	}
+	if r := readRollout(t, g); r.Rollout.State != "idle" || r.Weight != 0 || len(r.Rollout.Decisions) != 0 {
+		t.Fatalf("bad bodies changed the switch: %s weight %v, %d decisions", r.Rollout.State, r.Weight, len(r.Rollout.Decisions))
+	}
+
+	if code, msg := rolloutAPI(t, g, "start", "go"); code != 200 {
+		t.Fatalf("start: %d %s", code, msg)
+	}
+	// A weight set by hand during the rollout pauses it.
+	if code, msg := adminRaw(t, g, wt, `{"weight": 30, "reason": "by hand"}`); code != 200 {
+		t.Fatalf("weight by hand: %d %s", code, msg)
+	}
+	Eventually(t, 10*time.Second, "the rollout paused by the hand-set weight", func() bool {
+		return readRollout(t, g).Rollout.State == "paused"
+	})
+	if r := readRollout(t, g); r.Weight != 30 || !strings.Contains(lastDecision(r).Reason, "moved by hand") {
+		t.Fatalf("after the hand-set weight: weight %v, %+v", r.Weight, lastDecision(r))
+	}
+	// resume goes on with the plan: the step's weight, then the next step.
+	if code, msg := rolloutAPI(t, g, "resume", "back to plan"); code != 200 {
+		t.Fatalf("resume: %d %s", code, msg)
+	}
+	Eventually(t, 15*time.Second, "the gate before 100% waiting", func() bool {
+		r := readRollout(t, g)
+		return r.Rollout.State == "waiting_approval" && r.Weight == 50
+	})
+	// A trip while the gate waits aborts the rollout to legacy.
+	e.consolidated.Fail(http.StatusInternalServerError)
+	Eventually(t, 15*time.Second, "a trip during the pending gate", func() bool {
+		for range 20 {
+			g.Get(t, "/", nil)
+		}
+		return readRollout(t, g).Tripped
+	})
+	e.consolidated.Fail(0)
+	r := readRollout(t, g)
+	if r.Rollout.State != "aborted" || r.Mode != "legacy" || lastDecision(r).Kind != "trip" || lastDecision(r).Rule == "" {
+		t.Fatalf("trip during the gate: %s mode %s, %+v", r.Rollout.State, r.Mode, lastDecision(r))
+	}
+	if code, msg := rolloutAPI(t, g, "approve", "late"); code != 409 {
+		t.Errorf("approve after the abort: %d %q", code, msg)
+	}
+}
