@@ -117,7 +117,13 @@ func GetSwitch(ctx context.Context, st Store, name string) (Switch, uint64, erro
 func DecodeSwitch(b []byte) (Switch, error) {
 	var sw Switch
 	if err := json.Unmarshal(b, &sw); err != nil {
-		return Switch{}, fmt.Errorf("decoding switch record: %w", err)
+		// A record is not input: one whose weights have more than two
+		// decimals (written by hand) reads at the nearest 0.01% rather
+		// than stop every gateway and the CLI that would fix it.
+		nb, ok := roundWeights(b)
+		if !ok || json.Unmarshal(nb, &sw) != nil {
+			return Switch{}, fmt.Errorf("decoding switch record: %w", err)
+		}
 	}
 	if _, err := ParseMode(string(sw.Mode)); err != nil {
 		return Switch{}, fmt.Errorf("switch record: %w", err)

@@ -74,3 +74,27 @@ func FuzzCheckName(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeHandWrittenWeights: a record whose weights have a third
+// decimal (written by hand) reads at the nearest 0.01%, the rest of the
+// record as it is; a weight out of range is still refused.
+func TestDecodeHandWrittenWeights(t *testing.T) {
+	rec := `{"name":"main","mode":"split","weight":12.345,"config_weight":0.004,"history":[{"kind":"weight","mode":"split","weight":99.999}],` +
+		`"rollout":{"state":"running","steps":[1.006,50],"step":0,"hold":"1m","min_requests":1,` +
+		`"decisions":[{"kind":"hold","from":1.006,"to":1.006,"step":0,"evidence":{"arms":{"legacy":{"requests":3,"error_rate":0.12345,"p99_ms":1.2345}}}}]}}`
+	sw, err := DecodeSwitch([]byte(rec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sw.Weight != 1235 || sw.ConfigWeight != 0 || sw.History[0].Weight != 10000 || sw.Rollout.Steps[0] != 101 || sw.Rollout.Decisions[0].From != 101 {
+		t.Errorf("rounded to %v %v %v %v %v", sw.Weight, sw.ConfigWeight, sw.History[0].Weight, sw.Rollout.Steps, sw.Rollout.Decisions[0].From)
+	}
+	if a := sw.Rollout.Decisions[0].Evidence.Arms["legacy"]; a.ErrorRate != 0.12345 || a.P99 != 1.2345 {
+		t.Errorf("evidence changed: %+v", a)
+	}
+	for _, bad := range []string{`{"name":"main","mode":"split","weight":100.005}`, `{"name":"main","mode":"split","weight":-0.001}`, `{"name":"main","mode":"split","weight":"12"}`} {
+		if sw, err := DecodeSwitch([]byte(bad)); err == nil {
+			t.Errorf("%s read as %v", bad, sw.Weight)
+		}
+	}
+}

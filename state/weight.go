@@ -1,7 +1,10 @@
 package state
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -143,4 +146,57 @@ func (w *Weight) UnmarshalJSON(b []byte) error {
 	}
 	*w = v
 	return nil
+}
+
+// weightKeys are the keys under which a switch record holds weights
+// (step is also an approval's weight; the decision's step index is a
+// whole number, which rounding leaves be).
+var weightKeys = map[string]bool{"weight": true, "config_weight": true, "recover_weight": true,
+	"steps": true, "gates": true, "step": true, "from": true, "to": true}
+
+// roundWeights rewrites a switch record's weights that have more than
+// two decimals (12.345) to the nearest 0.01% (12.35), leaving every other
+// number be. It reports whether it changed anything.
+func roundWeights(b []byte) ([]byte, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return nil, false
+	}
+	changed := false
+	var walk func(key string, v any) any
+	walk = func(key string, v any) any {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, e := range x {
+				x[k] = walk(k, e)
+			}
+		case []any:
+			for i, e := range x {
+				x[i] = walk(key, e) // the elements of steps and gates
+			}
+		case json.Number:
+			if !weightKeys[key] {
+				return v
+			}
+			var w Weight
+			if w.UnmarshalJSON([]byte(x)) == nil {
+				return v
+			}
+			f, err := x.Float64()
+			if err != nil || f < 0 || f > 100 {
+				return v // out of range: the strict error stands
+			}
+			changed = true
+			return json.Number(strconv.FormatFloat(math.Round(f*100)/100, 'f', -1, 64))
+		}
+		return v
+	}
+	v = walk("", v)
+	if !changed {
+		return nil, false
+	}
+	out, err := json.Marshal(v)
+	return out, err == nil
 }

@@ -6,11 +6,16 @@ package tests
 // racing the same action.
 
 import (
+	"context"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/leanvibe/switchback/state"
+	"github.com/leanvibe/switchback/state/local"
 )
 
 // rolloutOpts is a rollout block for failoverTemplate.
@@ -203,5 +208,63 @@ func TestRolloutHostileInput(t *testing.T) {
 	}
 	if code, msg := rolloutAPI(t, g, "approve", "late"); code != 409 {
 		t.Errorf("approve after the abort: %d %q", code, msg)
+	}
+}
+
+// putRecord writes a switch record by hand into a gateway's bbolt file,
+// as an older version (or an operator) would have.
+func putRecord(t *testing.T, dir, record string) {
+	t.Helper()
+	st, err := local.Open(filepath.Join(dir, "state.db"), local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Put(context.Background(), state.Key(state.NSSwitches, "main"), []byte(record)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOldRecords: a switch record written by the previous version
+// (integer weights, no rollout field) reads, keeps its weight and gets an
+// idle rollout; one with a weight of 12.345 written by hand reads at the
+// nearest 0.01% (it stopped the gateway at load, and the CLI that could
+// fix it, before) and can be changed.
+func TestOldRecords(t *testing.T) {
+	e := &failoverEnv{legacy: NewUpstream(t, "legacy"), consolidated: NewUpstream(t, "consolidated")}
+	cfg := failoverConfig(e, rolloutOpts("10% 50% 100%", "1h"))
+	since := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)
+	old := `{"name":"main","mode":"split","weight":25,"reason":"by hand","by":"alice","since":"` + since +
+		`","config_mode":"split","config_weight":0,"recover_weight":25,"history":[{"kind":"weight","mode":"split","weight":25,"at":"` + since + `"}]}`
+
+	dir := t.TempDir()
+	putRecord(t, dir, old)
+	cfg.Dir = dir
+	g := StartGateway(t, cfg)
+	r := readRollout(t, g)
+	if r.Weight != 25 || r.Mode != "split" || r.Rollout.State != "idle" {
+		t.Fatalf("old record read as weight %v mode %s rollout %s", r.Weight, r.Mode, r.Rollout.State)
+	}
+	if code, msg := rolloutAPI(t, g, "start", "go"); code != 200 || readRollout(t, g).Weight != 10 {
+		t.Fatalf("start on an old record: %d %s", code, msg)
+	}
+	g.Stop()
+
+	bad := strings.Replace(old, `"weight":25,"reason"`, `"weight":12.345,"reason"`, 1)
+	dir2 := t.TempDir()
+	putRecord(t, dir2, bad)
+	g2 := *g
+	g2.Dir, g2.Caddyfile = dir2, filepath.Join(dir2, "Caddyfile")
+	g2.WriteConfig(cfg)
+	g2.start(Binary(t))
+	t.Cleanup(g2.Stop)
+	if sw := g2.Switch(t, "main"); sw.Weight != 12.35 {
+		t.Fatalf("a record with weight 12.345 read as %v, want 12.35", sw.Weight)
+	}
+	if out, errOut, code := g2.CLI(t, "traffic", "split", "--weight", "12", "--switch", "main", "--reason", "fix"); code != 0 {
+		t.Fatalf("fixing the weight: exit %d: %s %s", code, out, errOut)
+	}
+	if sw := g2.Switch(t, "main"); sw.Weight != 12 {
+		t.Fatalf("weight after the fix: %v", sw.Weight)
 	}
 }
