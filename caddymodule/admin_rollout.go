@@ -146,12 +146,23 @@ func (a *App) handleRollout(w http.ResponseWriter, r *http.Request, name string)
 	// Judge the action on the state as this gateway knows it, for a clear
 	// error; the change itself is decided again on the stored record.
 	probe, _ := sw.Record()
+	var seen string // the run and step judged; "" without a rollout
+	if probe.Rollout != nil {
+		seen = probe.Rollout.StepID() + " " + string(probe.Rollout.State)
+	}
 	if _, err := rolloutControl(&probe, req, plan, by, a.gateway, now); err != nil {
 		return err
 	}
 	var d state.Decision
 	applied := false
 	rec, err := sw.change(r.Context(), a, func(cur *state.Switch) bool {
+		if req.Action == "retry" && cur.Rollout != nil && cur.Rollout.StepID()+" "+string(cur.Rollout.State) != seen {
+			// Retry is allowed in any state but idle, so a second retry
+			// sent at once through another gateway would restart the run
+			// the first one began: it applies only to the run it judged.
+			applied = false
+			return false
+		}
 		var err error
 		d, err = rolloutControl(cur, req, plan, by, a.gateway, now)
 		applied = err == nil

@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/leanvibe/switchback/state"
+	"github.com/leanvibe/switchback/state/consul/consultest"
 	"github.com/leanvibe/switchback/state/local"
 )
 
@@ -266,5 +268,98 @@ func TestOldRecords(t *testing.T) {
 	}
 	if sw := g2.Switch(t, "main"); sw.Weight != 12 {
 		t.Fatalf("weight after the fix: %v", sw.Weight)
+	}
+}
+
+// raceTemplate is a fleet gateway whose rollout waits, at once, for an
+// approval of its second step.
+var raceTemplate = strings.Replace(strings.Replace(fleetTemplate, "weight 50", "weight 0", 1), "		legacy {\n", `		rollout {
+			steps 10% 50% 100%
+			hold 1s
+			min_requests off
+			gate 50% manual
+		}
+		legacy {
+`, 1)
+
+// race posts one rollout action through each gateway at the same moment
+// and returns the statuses.
+func race(t *testing.T, gws []*Gateway, action string) []int {
+	t.Helper()
+	codes := make([]int, len(gws))
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, g := range gws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			codes[i], _ = rolloutAPI(t, g, action, "race "+strconv.Itoa(i))
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return codes
+}
+
+func countKind(r rolloutRecord, kind string) int {
+	n := 0
+	for _, d := range r.Rollout.Decisions {
+		if d.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFleetRolloutRaces: the same rollout action sent through two
+// gateways of one Consul at the same moment is taken exactly once: one
+// gets 200, the other 409, and the record holds one decision of it.
+func TestFleetRolloutRaces(t *testing.T) {
+	agent := consultest.Start(t)
+	f := startFleetWith(t, raceTemplate, agent.Addr, agent.Addr)
+	ok := func(codes []int) bool {
+		n := 0
+		for _, c := range codes {
+			if c == 200 {
+				n++
+			} else if c != 409 {
+				return false
+			}
+		}
+		return n == 1
+	}
+	for round := range 3 {
+		first := "start"
+		if round > 0 {
+			first = "retry"
+		}
+		if codes := race(t, f.gws, first); !ok(codes) {
+			t.Fatalf("round %d: %s from both gateways: %v; want one 200 and one 409", round, first, codes)
+		}
+		Eventually(t, 20*time.Second, "the gate waiting", func() bool { return readRollout(t, f.gws[0]).Rollout.State == "waiting_approval" })
+		f.waitAll(t, 10*time.Second, "the rollout seen at 10%", func(s SwitchState) bool { return s.Weight == 10 })
+		Eventually(t, 10*time.Second, "both gateways see the gate", func() bool { return readRollout(t, f.gws[1]).Rollout.State == "waiting_approval" })
+		if codes := race(t, f.gws, "approve"); !ok(codes) {
+			t.Fatalf("round %d: approve from both gateways: %v; want one 200 and one 409", round, codes)
+		}
+		Eventually(t, 20*time.Second, "the step after the gate", func() bool { return readRollout(t, f.gws[1]).Weight >= 50 })
+		Eventually(t, 10*time.Second, "both gateways at 50% or more", func() bool { return readRollout(t, f.gws[0]).Weight >= 50 })
+		if codes := race(t, f.gws, "abort"); !ok(codes) {
+			t.Fatalf("round %d: abort from both gateways: %v; want one 200 and one 409", round, codes)
+		}
+		Eventually(t, 10*time.Second, "both gateways see the abort", func() bool {
+			return readRollout(t, f.gws[0]).Rollout.State == "aborted" && readRollout(t, f.gws[1]).Rollout.State == "aborted"
+		})
+		r := readRollout(t, f.gws[0])
+		if n := countKind(r, "approve"); n != round+1 {
+			t.Errorf("round %d: %d approve decisions, want %d", round, n, round+1)
+		}
+		if n := countKind(r, "abort"); n != round+1 {
+			t.Errorf("round %d: %d abort decisions, want %d", round, n, round+1)
+		}
+		if len(r.Rollout.Approvals) > 1 {
+			t.Errorf("round %d: approvals %+v", round, r.Rollout.Approvals)
+		}
 	}
 }
