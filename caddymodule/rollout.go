@@ -476,7 +476,7 @@ func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall t
 		h.sw.rollout.Store(&rolloutView{step: ro.StepID(), waiting: "waiting: the fleet's evidence (" + err.Error() + ")"})
 		return
 	}
-	age := clock.age(ro.StepStarted, wall, mono)
+	age := clock.age(ro.StepStarted, stepStampWall(ro, h.app.gateway, wall), mono)
 	waiting, approval := h.stepWaiting(ro, ev, age)
 	h.sw.rollout.Store(&rolloutView{step: ro.StepID(), waiting: waiting, evidence: ev})
 	switch {
@@ -506,6 +506,28 @@ func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall t
 			cur.Reason = fmt.Sprintf("rollout step %d/%d: %s%%", ro.Step+1, len(ro.Steps), ro.Weight())
 		})
 	}
+}
+
+// stepStampWall is the wall time from which a gateway judges, at first sight,
+// how long the current step has run. The step's start is stamped by the
+// clock of the gateway that entered it; another gateway's clock may be
+// behind or ahead of that one, and one whose clock runs behind would stamp
+// a step as begun long ago, so the rest of the fleet would skip its hold.
+// So only the gateway that entered the step trusts the stamp (a restart
+// keeps its hold); any other times the step from when it first saw it, on
+// its monotonic clock: a gateway that is up when the step begins sees it
+// within the watch's delay, and one that starts mid-step waits a whole
+// hold, which is late but never early.
+func stepStampWall(ro *state.Rollout, gateway string, wall time.Time) time.Time {
+	for i := len(ro.Decisions) - 1; i >= 0; i-- {
+		if d := ro.Decisions[i]; d.At.Equal(ro.StepStarted) {
+			if d.Gateway == gateway {
+				return wall
+			}
+			break
+		}
+	}
+	return ro.StepStarted // age 0 at first sight
 }
 
 func roundAge(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
