@@ -363,3 +363,51 @@ func TestFleetRolloutRaces(t *testing.T) {
 		}
 	}
 }
+
+// overrideArm sends one request with the override header and returns the
+// arm that answered.
+func overrideArm(t *testing.T, g *Gateway, val, xff string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+g.HTTP+"/", nil)
+	req.Header.Set("X-Force", val)
+	if xff != "" {
+		req.Header.Set("X-Forwarded-For", xff)
+	}
+	resp, err := Client.Do(req)
+	if err != nil {
+		t.Fatalf("GET with override %q: %v", val, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET with override %q: status %d", val, resp.StatusCode)
+	}
+	return resp.Header.Get("X-Switchback-Arm")
+}
+
+// TestOverrideHostileValues: without trusted_proxies, X-Forwarded-For
+// naming a trusted address does not make a client trusted; values that
+// are huge, dotted, not UTF-8 or signed badly are ignored (the request
+// goes by its pick) and never fail the request. The loopback, trusted,
+// shows the override works at all.
+func TestOverrideHostileValues(t *testing.T) {
+	e := startFailover(t, "split", 0, "\t\toverride header X-Force trusted 10.0.0.0/8")
+	for _, v := range []struct{ val, xff string }{
+		{"consolidated", "10.0.0.5"},
+		{"consolidated", "10.0.0.5, 127.0.0.1"},
+		{strings.Repeat("consolidated.", 500), ""},
+		{"consolidated.....", ""},
+		{"consolidated.99999999999.AAAAAAAAAAAAAAAAAAAAAA", ""},
+		{"consolidated.1." + strings.Repeat("A", 22), ""},
+		{"consolidated\xff\xfe", ""},
+		{"\xffconsolidated", ""},
+		{"CONSOLIDATED", ""},
+	} {
+		if arm := overrideArm(t, e.g, v.val, v.xff); arm != "legacy" {
+			t.Errorf("override %.40q from %q: served by %q, want legacy (weight 0)", v.val, v.xff, arm)
+		}
+	}
+	trusted := startFailover(t, "split", 0, "\t\toverride header X-Force trusted 127.0.0.1/32")
+	if arm := overrideArm(t, trusted.g, "consolidated", ""); arm != "consolidated" {
+		t.Fatalf("override from a trusted loopback: served by %q", arm)
+	}
+}
