@@ -533,8 +533,8 @@ func stepStampWall(ro *state.Rollout, gateway string, wall time.Time) time.Time 
 func roundAge(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
 
 // stepWaiting says what the current step waits for, first unmet first:
-// its hold, its min_requests, a hook's gate, then an approval of the
-// next step (approval is then true: everything else is met).
+// its hold, its min_requests, a hook's gate, both arms unhealthy (as this
+// gateway judges), then an approval of the next step (approval is then true: everything else is met).
 func (h *Handler) stepWaiting(ro *state.Rollout, ev *state.Evidence, age time.Duration) (waiting string, approval bool) {
 	if hold := holdOf(ro); age < hold {
 		return "waiting: hold " + (hold - age).Round(time.Second).String(), false
@@ -546,6 +546,11 @@ func (h *Handler) stepWaiting(ro *state.Rollout, ev *state.Evidence, age time.Du
 		if w := g(ev); w != "" {
 			return w, false
 		}
+	}
+	if h.sw.both.Load() {
+		// The relative rules hold while both arms fail alike; more traffic
+		// to consolidated proves nothing then.
+		return "waiting: both arms unhealthy", false
 	}
 	if gated, approved := ro.Gated(ro.Step + 1); gated && !approved {
 		return fmt.Sprintf("waiting: approval for %s%%", ro.Steps[ro.Step+1]), true

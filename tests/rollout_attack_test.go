@@ -411,3 +411,42 @@ func TestOverrideHostileValues(t *testing.T) {
 		t.Fatalf("override from a trusted loopback: served by %q", arm)
 	}
 }
+
+// TestRolloutHoldsWhileBothUnhealthy: while both arms fail alike (a
+// shared dependency down) the relative rules rightly do not trip, but the
+// rollout must not walk on meanwhile: its step waits, saying why, and
+// goes on once the arms recover.
+func TestRolloutHoldsWhileBothUnhealthy(t *testing.T) {
+	legacy, legacyFail := NewFlakyUpstream(t, "legacy")
+	cons, consFail := NewFlakyUpstream(t, "consolidated")
+	opts := strings.Replace(relativeOnly, "}", " window 4s\n}", 1) + "\n" + rolloutOpts("30% 60% 100%", "1s")
+	g := StartGateway(t, GatewayConfig{Template: failoverTemplate, Legacy: legacy, Consolidated: cons,
+		Extra: map[string]string{"MODE": "split", "WEIGHT": "0", "OPTIONS": opts}})
+	l := startLoad(t, g, 300, 128)
+	defer l.stop()
+	if code, msg := rolloutAPI(t, g, "start", "go"); code != 200 {
+		t.Fatalf("start: %d %s", code, msg)
+	}
+	if code, msg := rolloutAPI(t, g, "pause", "wait"); code != 200 {
+		t.Fatalf("pause: %d %s", code, msg)
+	}
+	Eventually(t, 15*time.Second, "traffic on both arms", func() bool { return cons.Hits.Load() >= 300 })
+	legacyFail(5)
+	consFail(5)
+	var s relativeStatus
+	Eventually(t, 15*time.Second, "both arms unhealthy", func() bool {
+		g.AdminJSON(t, http.MethodGet, "/switchback/switches/main", nil, &s)
+		return s.BothUnhealthy
+	})
+	if code, msg := rolloutAPI(t, g, "resume", "go on"); code != 200 {
+		t.Fatalf("resume: %d %s", code, msg)
+	}
+	time.Sleep(4 * time.Second) // four holds
+	r := readRollout(t, g)
+	if r.Weight != 30 || r.Rollout.Step != 0 || !strings.Contains(r.Rollout.Waiting, "both arms unhealthy") {
+		t.Fatalf("with both arms unhealthy the rollout went on: weight %v step %d, waiting %q", r.Weight, r.Rollout.Step, r.Rollout.Waiting)
+	}
+	legacyFail(0)
+	consFail(0)
+	Eventually(t, 30*time.Second, "the rollout going on once the arms recover", func() bool { return readRollout(t, g).Weight > 30 })
+}
