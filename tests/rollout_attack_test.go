@@ -450,3 +450,45 @@ func TestRolloutHoldsWhileBothUnhealthy(t *testing.T) {
 	consFail(0)
 	Eventually(t, 30*time.Second, "the rollout going on once the arms recover", func() bool { return readRollout(t, g).Weight > 30 })
 }
+
+// TestFleetRolloutConsulDown: Consul goes down while a step is due. The
+// fleet keeps serving at the step's weight, no gateway walks on alone,
+// the status says what the step waits for, and once Consul is back the
+// rollout goes on to the end with each step taken once.
+func TestFleetRolloutConsulDown(t *testing.T) {
+	c := consultest.StartCluster(t, 1)
+	addr := c.Addrs()[0]
+	tpl := strings.Replace(raceTemplate, "\t\t\tgate 50% manual\n", "", 1)
+	f := startFleetWith(t, tpl, addr, addr)
+	if code, msg := rolloutAPI(t, f.gws[0], "start", "go"); code != 200 {
+		t.Fatalf("start: %d %s", code, msg)
+	}
+	f.waitAll(t, 10*time.Second, "at 10%", func(s SwitchState) bool { return s.Weight == 10 })
+	c.Agents[0].Stop()
+	time.Sleep(4 * time.Second) // four holds
+	for i, g := range f.gws {
+		r := readRollout(t, g)
+		if r.Weight != 10 || r.Rollout.Step != 0 || r.Rollout.State != "running" {
+			t.Fatalf("gw-%d with Consul down: weight %v step %d %s", i, r.Weight, r.Rollout.Step, r.Rollout.State)
+		}
+		if !strings.Contains(r.Rollout.Waiting, "evidence") {
+			t.Errorf("gw-%d with Consul down waits for %q", i, r.Rollout.Waiting)
+		}
+		for u := range 20 {
+			if _, _, err := fleetGet(g, "user-"+strconv.Itoa(u)); err != nil {
+				t.Fatalf("gw-%d with Consul down: %v", i, err)
+			}
+		}
+	}
+	c.Agents[0].Start()
+	Eventually(t, 60*time.Second, "the rollout completed once Consul is back", func() bool {
+		return readRollout(t, f.gws[1]).Rollout.State == "completed"
+	})
+	r := readRollout(t, f.gws[0])
+	if n := countKind(r, "advance"); n != 2 {
+		t.Errorf("%d advances for 3 steps, want 2", n)
+	}
+	if n := countKind(r, "complete"); n != 1 {
+		t.Errorf("%d completes, want 1", n)
+	}
+}
