@@ -412,6 +412,26 @@ func subcommand(parent *cobra.Command, use, short string, args cobra.PositionalA
 	}
 	usageErrors(cmd)
 	parent.AddCommand(cmd)
+	if parent.Run == nil && parent.RunE == nil {
+		// Cobra shows a parent's help, and exits 0, for a subcommand it
+		// does not know: "rollout abrot" in a script would pass.
+		parent.Args = cobra.ArbitraryArgs
+		parent.FParseErrWhitelist.UnknownFlags = true // "abrot --reason x" is an unknown command
+		parent.RunE = func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return c.Help()
+			}
+			var names []string
+			for _, sub := range c.Commands() {
+				if sub.IsAvailableCommand() {
+					names = append(names, sub.Name())
+				}
+			}
+			c.SilenceErrors, c.SilenceUsage = true, true
+			fmt.Fprintf(c.ErrOrStderr(), "%s: unknown command %q: want %s\nRun '%s --help' for usage.\n", cmdPath(c), args[0], strings.Join(names, ", "), cmdPath(c))
+			return exit(c, ExitUsage)
+		}
+	}
 	return cmd
 }
 

@@ -492,3 +492,19 @@ func TestFleetRolloutConsulDown(t *testing.T) {
 		t.Errorf("%d completes, want 1", n)
 	}
 }
+
+// TestCLIUnknownSubcommand: a mistyped subcommand is a usage error (exit
+// 2) naming the known ones; it printed the help and exited 0, so a
+// script's "rollout abrot" passed.
+func TestCLIUnknownSubcommand(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{{"rollout", "abrot"}, {"rollout", "abrot", "--reason", "x"}, {"traffic", "legcy"}, {"override", "sing", "consolidated"}} {
+		_, errOut, code := RunCLI(t, dir, args...)
+		if code != 2 || !strings.Contains(errOut, "unknown command "+strconv.Quote(args[1])) {
+			t.Errorf("switchback %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+		}
+	}
+	if out, _, code := RunCLI(t, dir, "rollout"); code != 0 || !strings.Contains(out, "Available Commands") {
+		t.Errorf("switchback rollout alone: exit %d: %s", code, out)
+	}
+}
