@@ -156,10 +156,13 @@ func (a *App) handleRollout(w http.ResponseWriter, r *http.Request, name string)
 	var d state.Decision
 	applied := false
 	rec, err := sw.change(r.Context(), a, func(cur *state.Switch) bool {
-		if req.Action == "retry" && cur.Rollout != nil && cur.Rollout.StepID()+" "+string(cur.Rollout.State) != seen {
-			// Retry is allowed in any state but idle, so a second retry
-			// sent at once through another gateway would restart the run
-			// the first one began: it applies only to the run it judged.
+		if cur.Rollout != nil && cur.Rollout.StepID()+" "+string(cur.Rollout.State) != seen {
+			// The action applies only to the step and state it was judged
+			// on. Another gateway may have moved the rollout since (an
+			// advance this gateway's watch has not brought yet, or the
+			// same action sent at once through it: a second retry would
+			// restart the run the first began); written over that, the
+			// action would take the fleet back to the step it saw.
 			applied = false
 			return false
 		}

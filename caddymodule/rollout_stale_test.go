@@ -1,0 +1,63 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/leanvibe/switchback/state"
+)
+
+// TestRolloutActionOnStaleView: an operator's action reaches a gateway
+// that has not yet seen the step another gateway just entered (its watch
+// lags). The action was judged on the step before, so it must not be
+// written over the new one: it wrote the stale record, and the fleet went
+// back a step with the advance gone from the record.
+func TestRolloutActionOnStaleView(t *testing.T) {
+	ctx := context.Background()
+	cfg := &Rollout{Steps: []state.Weight{100, 5000, 10000}, Hold: caddy.Duration(time.Minute), MinRequests: -1}
+	for _, action := range []string{"pause", "abort", "promote", "retry"} {
+		path := filepath.Join(t.TempDir(), "state.db")
+		a := rolloutGateway(t, path, "gw-a", cfg)
+		b := rolloutGateway(t, path, "gw-b", cfg)
+		t0 := time.Now().UTC().Add(-time.Hour).Round(0)
+		rec := state.Switch{Name: "main", Mode: state.ModeSplit, Since: t0}
+		rec.Rollout = cfg.plan()
+		if _, err := rolloutControl(&rec, rolloutRequest{Action: "start"}, cfg.plan(), "test", "gw-a", t0); err != nil {
+			t.Fatal(err)
+		}
+		putSwitch(t, a.app.store, rec)
+		follow(t, a)
+		follow(t, b)
+		var clock stateClock
+		a.evaluateRollout(ctx, &clock, time.Now(), 1e12)
+		if got := follow(t, a); got.Rollout.Step != 1 {
+			t.Fatalf("gw-a did not advance: step %d", got.Rollout.Step)
+		}
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, "/switchback/switches/main/rollout", strings.NewReader(`{"action": "`+action+`", "reason": "stale"}`))
+		err := b.app.handleRollout(w, r, "main")
+		got, _, _ := state.GetSwitch(ctx, a.app.store, "main")
+		if got.Rollout.Step != 1 || got.Weight != 5000 || got.Rollout.State != state.RolloutRunning {
+			t.Fatalf("%s through the stale gateway (%v) put the fleet at step %d, %s%%, %s", action, err, got.Rollout.Step, got.Weight, got.Rollout.State)
+		}
+		if apiStatus(err) != http.StatusConflict || !strings.Contains(err.Error(), "changed meanwhile") {
+			t.Errorf("%s through the stale gateway: %v, want a 409 saying the rollout changed", action, err)
+		}
+		if b.sw.rec.Rollout.Step != 1 {
+			t.Errorf("%s: the stale gateway did not take the store's record", action)
+		}
+		// Judged again on what it now sees, the action applies.
+		w = httptest.NewRecorder()
+		r = httptest.NewRequest(http.MethodPost, "/switchback/switches/main/rollout", strings.NewReader(`{"action": "`+action+`", "reason": "fresh"}`))
+		if err := b.app.handleRollout(w, r, "main"); err != nil {
+			t.Errorf("%s on the fresh view: %v", action, err)
+		}
+	}
+}
