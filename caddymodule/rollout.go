@@ -114,11 +114,23 @@ func (r *Rollout) plan() *state.Rollout {
 		minReq = 0
 	}
 	p := &state.Rollout{
-		State: state.RolloutIdle, Steps: slices.Clone(r.Steps), Hold: hold.String(),
+		State: state.RolloutIdle, Steps: slices.Clone(r.Steps), Hold: shortDuration(hold),
 		MinRequests: minReq, Gates: slices.Clone(r.Gates),
 	}
 	p.Plan = planPrint(p)
 	return p
+}
+
+// shortDuration formats d as people write it: "5m", "1h30m", "500ms".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // planPrint fingerprints a rollout's plan.

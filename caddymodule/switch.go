@@ -113,9 +113,13 @@ func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 	sw.view.Store(&view{mode: rec.Mode, weight: rec.Weight, threshold: threshold(rec.Weight)})
 	sw.syncStep(rec.Rollout)
 	if h := sw.handler.Load(); h != nil && h.monitor != nil {
-		if rec.Mode != state.ModeLegacy && !h.monitor.Armed() {
+		if rec.Mode != state.ModeLegacy && (!h.monitor.Armed() || prevTripped && !rec.Tripped) {
 			// Traffic can reach consolidated again (a reset, a half-open
 			// state, or a change on another gateway): watch it afresh.
+			// A gateway that followed another's trip kept its monitor
+			// armed, but its window still holds the failures from before
+			// the trip, which must not trip the switch again after a
+			// reset or a rollout's retry.
 			if w := sw.win.Load(); w != nil {
 				w.consolidated.Reset()
 			}
