@@ -56,13 +56,33 @@ func (h *Handler) tripped(v health.Verdict) {
 		if err != nil {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
 		}
-		if abortedRollout {
+		// The fleet's actions run once per trip, on the gateway whose
+		// write won. A gateway that cannot reach the store cannot know,
+		// and runs them: two pages are better than none.
+		won := err != nil || tripWrittenBy(rec, h.app.gateway, now)
+		if abortedRollout && won {
 			h.rolloutDecided(rec, aborted)
 		}
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
 		h.app.emit("switchback.tripped", data)
+		if !won {
+			h.logger.Info("on_trip left to the gateway whose trip was written first", zap.String("by", rec.Gateway), zap.String("rule", rec.Rule))
+			return
+		}
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
 	})
+}
+
+// tripWrittenBy says whether rec holds the trip that gateway made at at:
+// its latest trip event is that one. Another gateway's trip, written
+// first, leaves ours unwritten (it would trip a tripped switch).
+func tripWrittenBy(rec state.Switch, gateway string, at time.Time) bool {
+	for i := len(rec.History) - 1; i >= 0; i-- {
+		if e := rec.History[i]; e.Kind == "trip" {
+			return e.Gateway == gateway && e.At.Equal(at)
+		}
+	}
+	return false
 }
 
 // legacyHealth says whether legacy is failing too at now (on the clock of

@@ -276,3 +276,24 @@ func TestFleetRejectedReloadChangesNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestActionOutlivesReload: an on_trip action belongs to the trip, not to
+// the config that saw it. A reload while it runs does not cancel it.
+func TestActionOutlivesReload(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "acted")
+	trip := "trip {\n\t\t\tconsecutive_failures 5\n\t\t}\n\t\ton_trip exec sh -c \"sleep 2; echo done >> " + out + "\""
+	e := &reloadEnv{legacy: NewUpstream(t, "legacy"), consolidated: NewUpstream(t, "consolidated")}
+	e.g = StartGateway(t, e.config("20", trip))
+	e.trips(t, "with a slow on_trip")
+	e.g.WriteConfig(e.config("30", trip))
+	if _, errOut, code := RunCLI(t, e.g.Dir, "reload", "--config", e.g.Caddyfile, "--address", e.g.Admin); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("the action finished before the reload; the test proves nothing")
+	}
+	Eventually(t, 10*time.Second, "the on_trip exec to finish after the reload", func() bool {
+		b, _ := os.ReadFile(out)
+		return string(b) == "done\n"
+	})
+}
