@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
@@ -211,9 +212,12 @@ type statsRecord struct {
 	Window  map[string]health.Counts `json:"window"`
 	Step    string                   `json:"step,omitempty"`
 	AtStep  map[string]health.Counts `json:"step_counts,omitempty"`
-	Shadow  *struct {
-		Step *ShadowStepStats `json:"step,omitempty"`
-	} `json:"shadow,omitempty"`
+	Shadow  *shadowStats             `json:"shadow,omitempty"`
+}
+
+// shadowStats is the shadow part of a stats record.
+type shadowStats struct {
+	Step *ShadowStepStats `json:"step,omitempty"`
 }
 
 // stats returns this gateway's stats record of the switch now.
@@ -233,9 +237,7 @@ func (sw *Switch) stats(gateway string) statsRecord {
 		}
 		if fn := sw.shadowCounts.Load(); fn != nil {
 			if s := (*fn)(st.id); s != nil {
-				rec.Shadow = &struct {
-					Step *ShadowStepStats `json:"step,omitempty"`
-				}{Step: s}
+				rec.Shadow = &shadowStats{Step: s}
 			}
 		}
 	}
@@ -255,8 +257,7 @@ func (h *Handler) publishStats(ctx context.Context) error {
 
 // fleetEvidence sums every live gateway's counts at the rollout's current
 // step, this gateway's own taken fresh from memory. With the local store
-// it is this gateway's alone. It returns the evidence and the summed
-// consolidated count.
+// it is this gateway's alone.
 func (h *Handler) fleetEvidence(ctx context.Context, ro *state.Rollout) (*state.Evidence, error) {
 	lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -626,11 +627,8 @@ func abortOnTrip(cur *state.Switch, v health.Verdict, ev *state.Evidence, gatewa
 // rolloutMetrics are a switch's rollout series.
 type rolloutMetrics struct {
 	mu        sync.Mutex
-	decisions map[[2]string]counter // by kind and rule
+	decisions map[[2]string]*metrics.Counter // by kind and rule
 }
-
-// counter is the part of a metrics.Counter the engine uses.
-type counter interface{ Inc() }
 
 // addRolloutMetrics registers the rollout's gauges of a switch.
 func (m *switchMetrics) addRolloutMetrics(sw *Switch) {
@@ -662,11 +660,11 @@ func (m *switchMetrics) addRolloutMetrics(sw *Switch) {
 		}
 		return max(time.Since(rec.Rollout.StepStarted).Seconds(), 0)
 	})
-	m.rollout.decisions = map[[2]string]counter{}
+	m.rollout.decisions = map[[2]string]*metrics.Counter{}
 }
 
 // rolloutDecision returns the decisions counter of a kind and rule.
-func (m *switchMetrics) rolloutDecision(name, kind, rule string) counter {
+func (m *switchMetrics) rolloutDecision(name, kind, rule string) *metrics.Counter {
 	m.rollout.mu.Lock()
 	defer m.rollout.mu.Unlock()
 	k := [2]string{kind, rule}

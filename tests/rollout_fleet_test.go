@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,6 +131,11 @@ func TestFleetRollout(t *testing.T) {
 	for _, x := range r.Rollout.Decisions {
 		if x.Kind == "advance" {
 			advances[x.To]++
+		}
+	}
+	for _, x := range r.Rollout.Decisions {
+		if x.Kind == "advance" && x.To == 50 && (x.Evidence == nil || len(x.Evidence.Gateways) != 2 || slices.Contains(x.Evidence.Gateways, d.Gateway)) {
+			t.Errorf("the advance to 50%% after %s was killed counted gateways %v", d.Gateway, x.Evidence)
 		}
 	}
 	if advances[25] != 1 || advances[50] != 1 {
