@@ -3,6 +3,7 @@ package restore
 import (
 	"errors"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -35,12 +36,14 @@ func isMountPoint(p string) (bool, error) {
 	return st.Dev != parent.Dev, nil
 }
 
-// checkNotMountPoints refuses, at the pre-check, a restore that would have
-// to swap a root that is a mount point: renaming a mount point fails with
-// EBUSY, which would come only after all the staging work. A root the
-// plan leaves as it is is never swapped, so it may be one. Force does not
-// skip this check.
-func checkNotMountPoints(targets []target) error {
+// checkMountPoints refuses, at the pre-check, a restore that cannot be
+// done inside a root that is a mount point: one that would remove it or
+// make it a file, or one of a mount point that is not a directory (a
+// bind-mounted file). Such a root cannot be renamed (EBUSY), which would
+// come only after all the staging work. A directory mount root is
+// restored from inside (mountswap.go); a root the plan leaves as it is is
+// never touched. Force does not skip this check.
+func checkMountPoints(targets []target) error {
 	for _, t := range targets {
 		if !t.changed {
 			continue
@@ -50,8 +53,30 @@ func checkNotMountPoints(targets []target) error {
 			return err
 		}
 		if mp {
-			return userErr(ErrMountPoint, "%s is a mount point (a volume, bind mount or filesystem of its own): a restore swaps each root by renaming it, which a mount point refuses; configure the directories inside it as the paths instead (see docs/operations.md, \"Mount points\")", t.root)
+			if err := mountRestorable(t); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// mountRestorable says why mount root t cannot be restored from inside,
+// if it cannot.
+func mountRestorable(t target) error {
+	why := ""
+	info, err := os.Lstat(t.root)
+	switch {
+	case err != nil:
+		return err
+	case !info.IsDir():
+		why = "it is not a directory (a bind-mounted file)"
+	case t.desired.Absent:
+		why = "the point does not have it, and a mount point cannot be removed"
+	case len(t.desired.Entries) == 0 || t.desired.Entries[0].Type != EntryDir:
+		why = "the point has it as a file, and a mount point cannot be replaced"
+	default:
+		return nil
+	}
+	return userErr(ErrMountPoint, "%s is a mount point (a volume, bind mount or filesystem of its own) and %s; restore the paths inside it instead (see docs/operations.md, \"Mount points\")", t.root, why)
 }

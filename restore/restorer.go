@@ -106,6 +106,11 @@ type JournalRoot struct {
 	LiveIno  uint64 `json:"live_ino,omitempty"`
 	// State is "", "swapping" (renames may have begun) or "swapped".
 	State string `json:"state,omitempty"`
+	// Mount says the root is a mount point: Stage and Old are inside it,
+	// its entries are exchanged rather than the root itself, and Swap is
+	// its swap list (see mountswap.go).
+	Mount bool   `json:"mount,omitempty"`
+	Swap  string `json:"swap,omitempty"`
 }
 
 // Rollback restores point id. See doc.go for the steps and the crash
@@ -167,7 +172,7 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 			return err
 		}
 		op.Plan = &plan
-		if err := checkNotMountPoints(targets); err != nil {
+		if err := checkMountPoints(targets); err != nil {
 			return err
 		}
 		if opts.Force {
@@ -407,6 +412,14 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 			Old:          filepath.Join(dir, "."+base+".switchback-old-"+op.ID),
 			TargetAbsent: t.desired.Absent,
 		}
+		if mp, err := isMountPoint(t.root); err != nil {
+			return abort(err)
+		} else if mp {
+			if err := mountRestorable(t); err != nil {
+				return abort(err)
+			}
+			jr = mountJournalRoot(t.root, op.ID, m.cfg.Logs, len(j.Roots), t.desired.Absent)
+		}
 		j.Roots = append(j.Roots, jr)
 		stagers = append(stagers, &stager{m: m, opID: op.ID, t: t, live: lr, check: check})
 	}
@@ -472,7 +485,7 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 			if err := m.hook(fmt.Sprintf("swap-%d-begun", i)); err != nil {
 				return err
 			}
-			if err := rollForwardRoot(*jr, false); err != nil {
+			if err := m.rollForwardRoot(*jr, false); err != nil {
 				return err
 			}
 			if err := m.hook(fmt.Sprintf("swap-%d-renamed", i)); err != nil {
@@ -508,7 +521,7 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 	m.step(ctx, op, "remove_old", func(s *Step) error {
 		var errs []error
 		for _, jr := range j.Roots {
-			errs = append(errs, removeLeftovers(jr))
+			errs = append(errs, finishRoot(jr))
 		}
 		j.Phase = PhaseDone
 		return errors.Join(errs...)
@@ -771,7 +784,11 @@ func (m *Manager) checkSpace(targets []target, plan Plan) error {
 	// Needs add up per filesystem, whichever roots share one.
 	var pre int64
 	for _, t := range targets {
-		if err := addNeed(filepath.Dir(t.root), t.writeBytes); err != nil {
+		dir := filepath.Dir(t.root)
+		if mp, _ := isMountPoint(t.root); mp {
+			dir = t.root // staged inside it
+		}
+		if err := addNeed(dir, t.writeBytes); err != nil {
 			return err
 		}
 		pre += t.preBytes
@@ -804,6 +821,8 @@ type stager struct {
 	// used once, or two files the point has apart would become one.
 	usedLive sync.Map
 	notes    stageNotes
+	// swap is a mount root's swap list (jr.Mount).
+	swap *swapList
 }
 
 // stageNotes collects what a restore could not give back as recorded
@@ -866,8 +885,22 @@ func (st *stager) build(ctx context.Context) error {
 		}
 		return nil
 	}
+	// The stage is built next to the root, through a handle on its
+	// parent, or inside it if it is a mount point (base "."), after its
+	// swap list records the entries it has now.
 	parent := filepath.Dir(st.t.root)
 	base := filepath.Base(st.t.root)
+	if st.jr.Mount {
+		parent, base = st.t.root, "."
+		meta, inos, err := readRootMeta(st.t.root)
+		if err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+		st.swap = &swapList{old: inos, oldMeta: meta}
+		if err := writeSwapList(st.jr.Swap, st.swap); err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+	}
 	stageName := filepath.Base(st.jr.Stage)
 	r, err := os.OpenRoot(parent)
 	if err != nil {
@@ -978,8 +1011,8 @@ func (st *stager) build(ctx context.Context) error {
 	// once filled.
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
-		if e.Type != EntryDir {
-			continue
+		if e.Type != EntryDir || e.Path == "." && st.jr.Mount {
+			continue // a mount root gets its own once swapped
 		}
 		if err := st.dirMeta(r, name(e.Path), e); err != nil {
 			return err
@@ -992,6 +1025,29 @@ func (st *stager) build(ctx context.Context) error {
 	st.jr.StageIno = inoOf(info)
 	if info, err := os.Lstat(st.jr.Path); err == nil {
 		st.jr.LiveIno = inoOf(info)
+	}
+	if st.jr.Mount {
+		return st.completeSwapList(r, stageName)
+	}
+	return nil
+}
+
+// completeSwapList adds the staged entries and the root's metadata from
+// the point to a mount root's swap list.
+func (st *stager) completeSwapList(r *os.Root, stageName string) error {
+	d, err := r.Open(stageName)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	defer d.Close()
+	if st.swap.new, err = childInodes(int(d.Fd()), st.jr.Stage); err != nil {
+		return err
+	}
+	e := st.t.desired.Entries[0]
+	st.swap.newMeta = rootMeta{Mode: restorableMode(e), UID: e.UID, GID: e.GID, MTime: e.MTime, Xattrs: e.Xattrs}
+	st.swap.complete = true
+	if err := writeSwapList(st.jr.Swap, st.swap); err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
 	}
 	return nil
 }
@@ -1021,17 +1077,26 @@ func (st *stager) dirMeta(r *os.Root, name string, e Entry) error {
 // may), then its xattrs, then its mode: chown clears setuid, setgid and
 // security.capability, so it comes first. Times are set by the caller.
 func (st *stager) metaFd(fd int, e Entry) error {
+	skipped, err := applyMeta(fd, e)
+	if err == nil {
+		st.notes.add(st.t.root, e, skipped)
+	}
+	return err
+}
+
+// applyMeta gives the open entry fd e's owner (where this process may),
+// xattrs and mode, in that order, and returns the xattrs it may not set.
+func applyMeta(fd int, e Entry) (skipped []string, err error) {
 	if canChown(e.UID, e.GID) {
 		if err := unix.Fchown(fd, int(e.UID), int(e.GID)); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	skipped, err := fdXattrs(fd).apply(e.Xattrs)
+	skipped, err = fdXattrs(fd).apply(e.Xattrs)
 	if err != nil {
-		return fmt.Errorf("setting extended attributes: %w", err)
+		return nil, fmt.Errorf("setting extended attributes: %w", err)
 	}
-	st.notes.add(st.t.root, e, skipped)
-	return unix.Fchmod(fd, restorableMode(e))
+	return skipped, unix.Fchmod(fd, restorableMode(e))
 }
 
 // metaAt does what metaFd does for an entry that cannot be opened (a
@@ -1099,10 +1164,7 @@ func (st *stager) stageDir(r *os.Root, base string, name func(string) string, li
 	defer sd.Close()
 	stageFd := int(sd.Fd())
 	liveFd := -1
-	liveRel := base
-	if u.dir != "." {
-		liveRel = base + "/" + u.dir
-	}
+	liveRel := path.Join(base, u.dir)
 	if l, ok := liveBy[u.dir]; ok && l.Type == EntryDir {
 		if ld, err := r.OpenFile(liveRel, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0); err == nil {
 			defer ld.Close()
@@ -1231,7 +1293,11 @@ func (st *stager) sync(ctx context.Context) error {
 	// One syncfs for the whole stage (and the directory that will hold
 	// it) rather than an fsync for each file and directory written: the
 	// same guarantee, one journal commit instead of thousands.
-	if err := syncFS(filepath.Dir(st.t.root)); err != nil {
+	dir := filepath.Dir(st.t.root)
+	if st.jr.Mount {
+		dir = st.t.root
+	}
+	if err := syncFS(dir); err != nil {
 		return fmt.Errorf("syncing staged %s: %w", st.t.root, err)
 	}
 	return ctx.Err()
@@ -1283,7 +1349,20 @@ func swapNames(from, live, old string, liveExists bool) error {
 // rollForwardRoot makes the new tree live for jr, from any state a crash
 // can leave: before the swap, after it, or between the two renames of the
 // fallback. With cleanup it also removes the old tree.
-func rollForwardRoot(jr JournalRoot, cleanup bool) error {
+func (m *Manager) rollForwardRoot(jr JournalRoot, cleanup bool) error {
+	if jr.Mount {
+		var hook func(string) error
+		if m != nil {
+			hook = m.hook
+		}
+		if err := rollForwardMount(jr, hook); err != nil {
+			return err
+		}
+		if cleanup {
+			return finishRoot(jr)
+		}
+		return nil
+	}
 	liveIno, liveOK, err := lstatIno(jr.Path)
 	if err != nil {
 		return err
@@ -1321,6 +1400,9 @@ func rollForwardRoot(jr JournalRoot, cleanup bool) error {
 
 // rollBackRoot makes the old tree live again for jr and removes the stage.
 func rollBackRoot(jr JournalRoot) error {
+	if jr.Mount {
+		return rollBackMount(jr)
+	}
 	liveIno, liveOK, err := lstatIno(jr.Path)
 	if err != nil {
 		return err
@@ -1378,7 +1460,10 @@ func rollBackRoot(jr JournalRoot) error {
 // the live path holds the tree that should stay.
 func removeLeftovers(jr JournalRoot) error {
 	var errs []error
-	for _, p := range []string{jr.Stage, jr.Old, jr.Old + ".new"} {
+	for _, p := range []string{jr.Stage, jr.Old, jr.Old + ".new", jr.Swap} {
+		if p == "" {
+			continue
+		}
 		if !strings.Contains(filepath.Base(p), ".switchback-") {
 			continue
 		}
@@ -1387,6 +1472,23 @@ func removeLeftovers(jr JournalRoot) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// finishRoot removes the leftovers of jr once its new tree is live; a
+// mount root then gets its recorded metadata again, since removing its
+// restore names moved its mtime.
+func finishRoot(jr JournalRoot) error {
+	if !jr.Mount {
+		return removeLeftovers(jr)
+	}
+	l, err := loadSwapList(jr)
+	if err != nil {
+		return err
+	}
+	if l == nil || !l.complete {
+		return removeLeftovers(jr)
+	}
+	return finishMount(jr, l.newMeta)
 }
 
 // removeTree removes the tree at p like os.RemoveAll, in parallel: the

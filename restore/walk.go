@@ -99,6 +99,9 @@ func (w *walker) entry(dirFd int, name, rel, abs string) (gone bool, err error) 
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if rel == "." && isRestorerName(n) {
+			continue // a mount-point restore's stage or old entries
+		}
 		r := n
 		if rel != "." {
 			r = rel + "/" + n
