@@ -55,7 +55,12 @@ func TestCrashChild(t *testing.T) {
 // live tree in the "old" state, and returns both snapshots.
 func crashSetup(t *testing.T) (dir, point, oldSnap, newSnap, cat string) {
 	t.Helper()
-	dir = t.TempDir()
+	return crashSetupIn(t, t.TempDir())
+}
+
+// crashSetupIn is crashSetup in dir, which may hold mounts already.
+func crashSetupIn(t *testing.T, dir string) (_, point, oldSnap, newSnap, cat string) {
+	t.Helper()
 	e := newEnvAt(t, dir)
 	files := map[string]string{"app/core/empty/": "", "config/c.toml": "c=1", "data/link": "->../app/f0"}
 	for i := 0; i < 150; i++ {
@@ -69,7 +74,10 @@ func crashSetup(t *testing.T) (dir, point, oldSnap, newSnap, cat string) {
 	for i := 0; i < 150; i += 3 {
 		writeTree(t, dir, map[string]string{fmt.Sprintf("app/d%d/f%d", i%10, i): "old" + strconv.Itoa(i)})
 	}
-	writeTree(t, dir, map[string]string{"config/c.toml": "c=2", "config/extra": "x", "data/link": "->elsewhere"})
+	for i := 0; i < 150; i += 5 {
+		writeTree(t, dir, map[string]string{fmt.Sprintf("data/f%d", i): "old" + strconv.Itoa(i)})
+	}
+	writeTree(t, dir, map[string]string{"config/c.toml": "c=2", "config/extra": "x", "data/link": "->elsewhere", "data/extra/x": "x"})
 	os.RemoveAll(filepath.Join(dir, "app/d3"))
 	os.Remove(filepath.Join(dir, "data/f7"))
 	oldSnap = snapshotAll(t, e.roots()...)
@@ -124,7 +132,9 @@ func checkRecovered(t *testing.T, dir, oldSnap, newSnap, cat string) string {
 	default:
 		t.Fatalf("after recovery the tree is neither old nor new:\n%s\n--- old\n%s\n--- new\n%s", got, oldSnap, newSnap)
 	}
-	noLeftovers(t, dir)
+	for _, d := range append([]string{dir, filepath.Join(dir, "logs")}, e.roots()...) {
+		noLeftovers(t, d)
+	}
 	for _, op := range recovered {
 		switch {
 		case op.Status == StatusRolledBack && outcome != "old", op.Status == StatusRolledForward && outcome != "new":
@@ -207,4 +217,63 @@ func TestCrashAtRandomInstants(t *testing.T) {
 		outcomes[out]++
 	}
 	t.Logf("full run %s; outcomes over %d kills: %v", full, runs, outcomes)
+}
+
+// TestCrashMountRoot: kill -9 at each step of a restore whose data root
+// is a mount point (its entries are exchanged from inside), and at random
+// instants; recovery must leave every root all old or all new, alike,
+// with nothing of the restore left inside the mount.
+func TestCrashMountRoot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	for _, kind := range []string{"tmpfs", "bind"} {
+		t.Run(kind, func(t *testing.T) {
+			setup := func(t *testing.T) (string, string, string, string, string) {
+				dir := t.TempDir()
+				mountAt(t, kind, dir, filepath.Join(dir, "data"))
+				return crashSetupIn(t, dir)
+			}
+			points := []string{
+				"after-fsync",         // stages complete, nothing swapped
+				"swap-2-begun",        // journal says swapping the mount root
+				"mount-exchanged f10", // entries exchanged, the last one's old entry still in the stage
+				"mount-moved f5",      // some entries swapped, some not
+				"mount-moved link",    // every entry swapped; what the point lacks not yet aside
+				"swap-2-renamed",      // all swapped, the root's metadata set, not journalled
+			}
+			want := map[string]string{"after-fsync": "old"}
+			for _, at := range points {
+				t.Run(at, func(t *testing.T) {
+					dir, point, oldSnap, newSnap, cat := setup(t)
+					if !runCrashChild(t, dir, point, []string{envCrashAt + "=" + at}, 0) {
+						t.Fatalf("child was not killed at %q", at)
+					}
+					got := checkRecovered(t, dir, oldSnap, newSnap, cat)
+					if w := want[at]; w == "" && got != "new" || w != "" && got != w {
+						t.Errorf("crash at %q: tree is %s", at, got)
+					}
+				})
+			}
+			t.Run("random", func(t *testing.T) {
+				dir, point, _, _, _ := setup(t)
+				t0 := time.Now()
+				if runCrashChild(t, dir, point, []string{envCrashSleep + "=1"}, 0) {
+					t.Fatal("calibration child was killed")
+				}
+				full := time.Since(t0)
+				outcomes := map[string]int{}
+				for i := 0; i < 8; i++ {
+					dir, point, oldSnap, newSnap, cat := setup(t)
+					killed := runCrashChild(t, dir, point, []string{envCrashSleep + "=1"}, time.Duration(rand.Int64N(int64(full))))
+					out := checkRecovered(t, dir, oldSnap, newSnap, cat)
+					if !killed {
+						out += " (not killed)"
+					}
+					outcomes[out]++
+				}
+				t.Logf("full run %s; outcomes: %v", full, outcomes)
+			})
+		})
+	}
 }

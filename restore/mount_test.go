@@ -192,3 +192,40 @@ func TestMountPointRoot(t *testing.T) {
 		})
 	}
 }
+
+// TestMountSwapFailureReverts: a swap inside a mount root that fails part
+// way (entries exchanged, some moved aside) is undone: every root,
+// the mount root included, is exactly as it was, and nothing of the
+// restore is left inside it.
+func TestMountSwapFailureReverts(t *testing.T) {
+	for _, at := range []string{"mount-exchanged f10", "mount-moved f5", "mount-moved link", "swap-2-renamed"} {
+		t.Run(at, func(t *testing.T) {
+			dir := t.TempDir()
+			mountAt(t, "tmpfs", dir, filepath.Join(dir, "data"))
+			_, point, oldSnap, _, cat := crashSetupIn(t, dir)
+			e := newEnvAt(t, dir)
+			e.m.testHook = func(p string) error {
+				if p == at {
+					return errors.New("injected failure at " + p)
+				}
+				return nil
+			}
+			op, err := e.m.Rollback(context.Background(), point, RollbackOptions{})
+			if err == nil || !strings.Contains(err.Error(), "injected failure") {
+				t.Fatalf("restore: %v", err)
+			}
+			if got := snapshotAll(t, e.roots()...); got != oldSnap {
+				t.Fatalf("after the failed swap the tree is not the old one:\n%s\n--- old\n%s", got, oldSnap)
+			}
+			for _, d := range append([]string{dir, filepath.Join(dir, "logs")}, e.roots()...) {
+				noLeftovers(t, d)
+			}
+			if got := catalog(t, e.st); got != cat {
+				t.Errorf("catalog changed")
+			}
+			if op.Status != StatusFailed {
+				t.Errorf("status %s", op.Status)
+			}
+		})
+	}
+}

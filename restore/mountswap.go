@@ -284,7 +284,12 @@ func mountState(jr JournalRoot) (canFwd, canBack bool, why, foreign []string, er
 	if err != nil {
 		return false, false, nil, nil, err
 	}
-	if l == nil || !l.complete {
+	if l == nil {
+		// Written before anything is made in the root, removed after
+		// everything is done: either way is complete.
+		return true, true, nil, nil, nil
+	}
+	if !l.complete {
 		// Nothing was moved before the list was complete.
 		return false, true, []string{"the stage of " + jr.Path + " was never completed"}, nil, nil
 	}
@@ -338,7 +343,12 @@ func rollForwardMount(jr JournalRoot, hook func(string) error) error {
 	if err != nil {
 		return err
 	}
-	if l == nil || !l.complete {
+	if l == nil {
+		// Removed once the swap was complete (only the journal's
+		// phase said otherwise).
+		return nil
+	}
+	if !l.complete {
 		return fmt.Errorf("cannot complete restore of %s: its stage was never completed", jr.Path)
 	}
 	if err := os.Mkdir(jr.Old, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
