@@ -82,7 +82,9 @@
 //     otherwise: its objects are on another host's disk), exists, its
 //     manifest matches its digest, its objects are present with their
 //     recorded sizes, every object staging will copy re-hashes to its
-//     name, no root the restore swaps is a mount point (ErrMountPoint),
+//     name, no root the restore changes is a mount point it would have
+//     to remove or make a file (ErrMountPoint; a directory mount root is
+//     restored from inside, see mountswap.go),
 //     and each filesystem has room for what will be written there: the
 //     stage's copies on each root's filesystem, the pre-rollback point's
 //     new objects on the backups' (statfs, with a margin). Force skips the
@@ -124,7 +126,9 @@
 //  7. swap: each root is exchanged with its stage by renameat2
 //     RENAME_EXCHANGE, one atomic step; where the filesystem cannot, the
 //     live tree is renamed to ".<name>.switchback-old-<op>" and the stage
-//     into place. Then the old trees are removed.
+//     into place. A mount root has its stage inside it and its entries
+//     exchanged one by one, told apart by the inodes of its swap list
+//     (mountswap.go). Then the old trees are removed.
 //  8. post_restore hook.
 //  9. validate: the restored roots are compared with the point (types,
 //     modes, owners, xattrs, sizes, mtimes, link targets, hard-link groups)
