@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -25,6 +26,7 @@ const (
 	envCrashPoint = "SWITCHBACK_CRASH_POINT"
 	envCrashAt    = "SWITCHBACK_CRASH_AT"
 	envCrashSleep = "SWITCHBACK_CRASH_SLEEP"
+	envCrashFail  = "SWITCHBACK_CRASH_FAIL"
 )
 
 // TestCrashChild is the child side; it does nothing unless run by the
@@ -37,16 +39,20 @@ func TestCrashChild(t *testing.T) {
 	e := newEnvAt(t, dir)
 	at := os.Getenv(envCrashAt)
 	sleep := os.Getenv(envCrashSleep) != ""
+	fail := os.Getenv(envCrashFail)
 	e.m.testHook = func(point string) error {
 		if at != "" && strings.HasPrefix(point, at) {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+		if fail != "" && point == fail {
+			return errors.New("injected failure at " + point)
 		}
 		if sleep {
 			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
 		}
 		return nil
 	}
-	if _, err := e.m.Rollback(context.Background(), os.Getenv(envCrashPoint), RollbackOptions{Trigger: "crash-test"}); err != nil {
+	if _, err := e.m.Rollback(context.Background(), os.Getenv(envCrashPoint), RollbackOptions{Trigger: "crash-test"}); err != nil && fail == "" {
 		t.Fatal(err)
 	}
 }
@@ -274,6 +280,35 @@ func TestCrashMountRoot(t *testing.T) {
 				}
 				t.Logf("full run %s; outcomes: %v", full, outcomes)
 			})
+		})
+	}
+}
+
+// TestCrashWhileReverting: a swap that fails after two of three roots
+// were swapped is undone; killed in the undo (after the first root was put
+// back, or before any), recovery must go on backwards, so every root ends
+// old: the reverting phase was durable before the first undo. Had the
+// journal still said swapping, recovery would roll the roots still new
+// forward over the one already put back, or stop.
+func TestCrashWhileReverting(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	for _, at := range []string{"revert-0", "revert-1", "revert-2"} {
+		t.Run(at, func(t *testing.T) {
+			dir, point, oldSnap, newSnap, cat := crashSetup(t)
+			if !runCrashChild(t, dir, point, []string{envCrashFail + "=swap-1-renamed", envCrashAt + "=" + at}, 0) {
+				t.Fatalf("child was not killed at %q", at)
+			}
+			e := newEnvAt(t, dir)
+			ops, _ := e.m.ListOperations(context.Background(), 0)
+			if len(ops) == 0 || ops[0].Journal == nil || ops[0].Journal.Phase != PhaseReverting {
+				t.Fatalf("the killed revert's journal is %+v, want phase reverting", ops[0].Journal)
+			}
+			e.st.Close()
+			if got := checkRecovered(t, dir, oldSnap, newSnap, cat); got != "old" {
+				t.Errorf("killed while reverting at %s: tree is %s, want old", at, got)
+			}
 		})
 	}
 }

@@ -321,7 +321,8 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 	abort := func(err error) error {
 		m.step(ctx, op, "abort", func(s *Step) error {
 			var errs []error
-			for _, jr := range j.Roots {
+			for i, jr := range j.Roots {
+				m.hook(fmt.Sprintf("revert-%d", i))
 				if e := rollBackRoot(jr); e != nil {
 					errs = append(errs, e)
 				}
