@@ -342,12 +342,19 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 
 	// Step 3: the pre_restore hook, first, so an application that is
 	// still writing is stopped before its files are read. The journal
-	// says it ran (saved with the step), so recovery starts the
-	// application again.
+	// says it ran, so recovery starts the application again.
 	if err := check(); err != nil {
 		return abort(err)
 	}
+	// It is saved before the hook starts: a process killed while the hook
+	// is stopping the application must still have recovery start it.
 	j.PreHookRan = m.cfg.Hooks.PreRestore != ""
+	if j.PreHookRan {
+		if err := m.saveOp(ctx, op); err != nil {
+			j.PreHookRan = false
+			return abort(err)
+		}
+	}
 	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
 		j.PreHookRan = false
 		return abort(err)
