@@ -700,10 +700,10 @@ func sameTree(a, b RootManifest) bool {
 	return true
 }
 
-// diff compares the live paths with the targets by metadata (no hashing).
-// It also returns the digests of the files staging will copy from objects:
-// those added or modified (any file whose type, mode, size or mtime
-// differs from the live one). A file that matches by metadata is linked
+// diff compares the live paths with the targets by metadata (no hashing),
+// extended attributes included. It also returns the digests of the files
+// staging will copy from objects: those added or modified (any file whose
+// type, mode, owner, size, mtime or xattrs differ from the live one). A file that matches by metadata is linked
 // from the live tree when its digest matches too; see doc.go.
 func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]bool, error) {
 	toCopy := map[string]bool{}
@@ -712,7 +712,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		t := &targets[ti]
 		before := p.BytesToWrite
 		nchanges := len(p.Added) + len(p.Removed) + len(p.Modified)
-		entries, _, err := liveEntries(ctx, t.root, false)
+		entries, _, err := liveEntries(ctx, t.root, true)
 		if err != nil {
 			return p, nil, passCanceled(ctx, err)
 		}
@@ -741,7 +741,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 				if e.Type == EntryFile {
 					toCopy[e.Digest] = true
 				}
-			case metaDiff(l, e, false) != "":
+			case metaDiff(l, e, true) != "":
 				p.Modified = append(p.Modified, abs(e.Path))
 				t.preBytes += l.Size
 				if e.Type == EntryFile {
