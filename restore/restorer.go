@@ -143,6 +143,10 @@ type target struct {
 	writeBytes, preBytes int64
 	// changed says the plan adds, removes or modifies something in it.
 	changed bool
+	// special lists the live sockets and devices, which no point records:
+	// staging keeps them where the restored tree still has their
+	// directory (see keepSpecial).
+	special []string
 }
 
 // restore runs the restore steps for p on op.
@@ -712,10 +716,11 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		t := &targets[ti]
 		before := p.BytesToWrite
 		nchanges := len(p.Added) + len(p.Removed) + len(p.Modified)
-		entries, _, err := liveEntries(ctx, t.root, true)
+		entries, special, _, err := liveEntriesSpecial(ctx, t.root, true)
 		if err != nil {
 			return p, nil, passCanceled(ctx, err)
 		}
+		t.special = special
 		live := make(map[string]Entry, len(entries))
 		for _, e := range entries {
 			live[e.Path] = e
@@ -755,6 +760,24 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 			if in(rel) && !want[rel] {
 				removed = append(removed, abs(rel))
 				t.preBytes += live[rel].Size
+			}
+		}
+		// A socket or device is kept where the point still has its
+		// directory and not its name (keepSpecial), else removed.
+		dirs := map[string]bool{}
+		for _, e := range t.desired.Entries {
+			if in(e.Path) && e.Type == EntryDir {
+				dirs[e.Path] = true
+			}
+		}
+		for rel, l := range live {
+			if !in(rel) && l.Type == EntryDir {
+				dirs[rel] = true
+			}
+		}
+		for _, rel := range special {
+			if in(rel) && (rel == "." || want[rel] || !dirs[path.Dir(rel)]) {
+				removed = append(removed, abs(rel))
 			}
 		}
 		sort.Strings(removed)
@@ -843,6 +866,7 @@ type stageNotes struct {
 	setidN    int
 	xattrs    int // xattrs not restored
 	xattrPath string
+	extra     []string // sentences as they are (keepSpecial)
 }
 
 func (n *stageNotes) add(root string, e Entry, skippedXattrs []string) {
@@ -883,7 +907,7 @@ func (st *stager) warnings() []string {
 	if n.xattrs > 0 {
 		out = append(out, fmt.Sprintf("%s: %d extended attributes need privileges this process lacks and were not restored, first on %s", st.t.root, n.xattrs, n.xattrPath))
 	}
-	return out
+	return append(out, n.extra...)
 }
 
 func (st *stager) build(ctx context.Context) error {
@@ -1015,6 +1039,7 @@ func (st *stager) build(ctx context.Context) error {
 		}
 		pr.add(1, 0)
 	}
+	st.keepSpecial(r, base, name)
 	// Directory owners, xattrs, modes and mtimes last, deepest first,
 	// once filled.
 	for i := len(entries) - 1; i >= 0; i-- {
@@ -1058,6 +1083,55 @@ func (st *stager) completeSwapList(r *os.Root, stageName string) error {
 		return fmt.Errorf("staging %s: %w", st.t.root, err)
 	}
 	return nil
+}
+
+// keepSpecial hard-links into the stage the live sockets and devices (a
+// point cannot record them: an application's socket, a device node in a
+// container's tree) whose directory the restored tree still has and whose
+// name it does not use, so a restore does not silently delete them with
+// the old tree. One that is gone by now (pre_restore stopped its
+// application) is left out. The record's warnings name what was kept and
+// what was not.
+func (st *stager) keepSpecial(r *os.Root, base string, name func(string) string) {
+	if len(st.t.special) == 0 {
+		return
+	}
+	types := make(map[string]string, len(st.t.desired.Entries))
+	for _, e := range st.t.desired.Entries {
+		types[e.Path] = e.Type
+	}
+	var kept, dropped []string
+	for _, rel := range st.t.special {
+		if rel == "." || types[rel] != "" || types[path.Dir(rel)] != EntryDir {
+			dropped = append(dropped, rel)
+			continue
+		}
+		if err := r.Link(path.Join(base, rel), name(rel)); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				dropped = append(dropped, rel)
+			}
+			continue
+		}
+		kept = append(kept, rel)
+	}
+	list := func(rels []string) string {
+		out := make([]string, 0, min(len(rels), 5))
+		for _, r := range rels[:min(len(rels), 5)] {
+			out = append(out, joinRel(st.t.root, r))
+		}
+		if len(rels) > 5 {
+			out = append(out, fmt.Sprintf("and %d more", len(rels)-5))
+		}
+		return strings.Join(out, ", ")
+	}
+	st.notes.mu.Lock()
+	defer st.notes.mu.Unlock()
+	if len(kept) > 0 {
+		st.notes.extra = append(st.notes.extra, fmt.Sprintf("%s: kept %d sockets or devices, which a point cannot record: %s", st.t.root, len(kept), list(kept)))
+	}
+	if len(dropped) > 0 {
+		st.notes.extra = append(st.notes.extra, fmt.Sprintf("%s: removed %d sockets or devices, which a point cannot record and the restored tree has no place for: %s", st.t.root, len(dropped), list(dropped)))
+	}
 }
 
 // dirMeta gives the staged directory at name e's owner, xattrs, mode and

@@ -264,9 +264,17 @@ func kindOf(st *unix.Stat_t) string {
 // that are not files, directories, symlinks or FIFOs are left out. absent
 // reports that root does not exist.
 func liveEntries(ctx context.Context, root string, withXattrs bool) (entries []Entry, absent bool, err error) {
+	entries, _, absent, err = liveEntriesSpecial(ctx, root, withXattrs)
+	return entries, absent, err
+}
+
+// liveEntriesSpecial is liveEntries, and also returns the paths of the
+// entries a point cannot record (sockets, devices).
+func liveEntriesSpecial(ctx context.Context, root string, withXattrs bool) (entries []Entry, special []string, absent bool, err error) {
 	err = walkTree(ctx, root, func(dirFd int, name, rel string, st *unix.Stat_t, fd int) error {
 		e := entryFromStat(rel, st)
 		if e.Type == "" {
+			special = append(special, rel)
 			return nil
 		}
 		if e.Type == EntrySymlink {
@@ -288,9 +296,9 @@ func liveEntries(ctx context.Context, root string, withXattrs bool) (entries []E
 		return nil
 	}, nil)
 	if errors.Is(err, errRootAbsent) {
-		return nil, true, nil
+		return nil, nil, true, nil
 	}
-	return entries, false, passCanceled(ctx, err)
+	return entries, special, false, passCanceled(ctx, err)
 }
 
 // joinRel names rel below root, for messages and the test hook.
