@@ -62,6 +62,12 @@
 // per entry, and an edit that keeps size and mtime (cp -p, touch -r) is
 // hashed again, since it moves ctime.
 //
+// A restore leaves, for each root it swapped, a record of the entries
+// as it left them (backups/restored/, see restored.go), taken once the
+// old trees are gone and before post_restore; the next point takes it
+// as its parent where it is newer, so the first point after a restore
+// does not hash again the files the restore copied or linked.
+//
 // Manifests are read by parseManifest, a strict parser of exactly this
 // format that decodes what encoding/json would (it is fuzzed against it)
 // at 3.5 times the speed; every path in them is then checked.

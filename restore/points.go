@@ -567,6 +567,15 @@ func (m *Manager) readFile(pfd int, rel, abs string, e *Entry, walked unix.Stat_
 // when there is none or its manifest is unusable. Points of other hosts
 // are never parents: their inodes and objects are not this host's.
 func (m *Manager) parentEntries(root string, all []Point) (string, map[string]Entry, int64) {
+	id, prev, scanned := m.parentPoint(root, all)
+	if rid, rprev, rscanned := m.restoredParent(root, all, scanned); rid != "" {
+		return rid, rprev, rscanned // what a restore since left (restored.go)
+	}
+	return id, prev, scanned
+}
+
+// parentPoint is parentEntries from this host's newest point of root.
+func (m *Manager) parentPoint(root string, all []Point) (string, map[string]Entry, int64) {
 	for _, p := range m.ownNewestFirst(all) {
 		if !slices.Contains(p.Roots, root) {
 			continue

@@ -259,3 +259,67 @@ func randomTree(t *testing.T, r *rand.Rand, dir string, depth int) {
 	os.Chmod(dir, []os.FileMode{0o755, 0o700, 0o1777}[r.IntN(3)])
 	os.Chtimes(dir, mt, mt)
 }
+
+// TestFirstCreateAfterRestoreReusesDigests: the first point after a
+// restore hashes nothing the restore left as the point has it (it used to
+// hash every file again: copied ones are new inodes, linked ones got a new
+// ctime), and still hashes a file edited since, even one whose size and
+// mtime were kept.
+func TestFirstCreateAfterRestoreReusesDigests(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	ctx := context.Background()
+	tickClock(e.m)
+	waitTick(t)
+	p1 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	writeTree(t, e.dir, map[string]string{"app/main.py": "print('v2')\n", "data/db.json": `{"rows": 2}`})
+	op, err := e.m.Rollback(ctx, p1.ID, RollbackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Plan.Linked == 0 || op.Plan.Copied == 0 {
+		t.Fatalf("plan %+v: the test wants linked and copied files", op.Plan)
+	}
+	var hashed []string
+	var mu sync.Mutex
+	e.m.testHook = func(point string) error {
+		if p, ok := strings.CutPrefix(point, "open "); ok {
+			mu.Lock()
+			hashed = append(hashed, filepath.Base(p))
+			mu.Unlock()
+		}
+		return nil
+	}
+	p2 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	// (Parent names one root's: p1 for a restored root, the pre-rollback
+	// point for config, which the restore left alone.)
+	if len(hashed) != 0 || p2.Parent != p1.ID && p2.Parent != op.PreRollbackPoint || digestsOf(t, e.m, p2) != digestsOf(t, e.m, p1) {
+		t.Fatalf("first create after the restore hashed %v; parent %s, want none and %s (pre %s)", hashed, p2.Parent, p1.ID, op.PreRollbackPoint)
+	}
+	// An edit that keeps size and mtime, after the restore.
+	f := filepath.Join(e.dir, "config/settings.toml")
+	info, _ := os.Stat(f)
+	os.WriteFile(f, []byte("a = 2\n"), 0o644)
+	os.Chtimes(f, info.ModTime(), info.ModTime())
+	hashed = nil
+	mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	if strings.Join(hashed, ",") != "settings.toml" {
+		t.Fatalf("create after an edit hashed %v, want settings.toml", hashed)
+	}
+}
+
+// digestsOf lists each file of p with its digest.
+func digestsOf(t *testing.T, m *Manager, p Point) string {
+	t.Helper()
+	mf, err := m.loadManifest(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, r := range mf.Roots {
+		for _, e := range r.Entries {
+			fmt.Fprintf(&b, "%s/%s %s %s\n", r.Path, e.Path, e.Type, e.Digest)
+		}
+	}
+	return b.String()
+}

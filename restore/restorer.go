@@ -536,7 +536,18 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 			errs = append(errs, finishRoot(jr))
 		}
 		j.Phase = PhaseDone
-		return errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		// What the swap left, for the next point (restored.go): after the
+		// old trees are gone (their removal moves the linked files'
+		// ctime), before post_restore starts the application.
+		for _, st := range stagers {
+			if st.t.only == nil {
+				m.recordRestored(ctx, op.ID, p.ID, st.t.desired)
+			}
+		}
+		return nil
 	})
 
 	// Step 8: post_restore hook.
