@@ -1,9 +1,13 @@
 package restore
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -48,6 +52,11 @@ func checkMountPoints(targets []target) error {
 		if !t.changed {
 			continue
 		}
+		if below, err := mountsBelow(t.root); err != nil {
+			return err
+		} else if len(below) > 0 {
+			return userErr(ErrMountPoint, "%s is a mount point inside %s: a restore would move it with the old tree and then remove its files; make it a root of its own and leave it out of %s (see docs/operations.md, \"Mount points\")", below[0], t.root, t.root)
+		}
 		mp, err := isMountPoint(t.root)
 		if err != nil {
 			return err
@@ -79,4 +88,49 @@ func mountRestorable(t target) error {
 		return nil
 	}
 	return userErr(ErrMountPoint, "%s is a mount point (a volume, bind mount or filesystem of its own) and %s; restore the paths inside it instead (see docs/operations.md, \"Mount points\")", t.root, why)
+}
+
+// mountsBelow returns the mount points strictly below p, from
+// /proc/self/mountinfo: a bind mount of the same filesystem has the same
+// device as its parent, so only the kernel's list finds every one.
+func mountsBelow(p string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("listing mounts: %w", err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options ...
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		if mp := unescapeMountinfo(fields[4]); strings.HasPrefix(mp, p+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out, sc.Err()
+}
+
+// unescapeMountinfo decodes the octal escapes (\040 for a space) of a
+// mountinfo path.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -229,3 +229,50 @@ func TestMountSwapFailureReverts(t *testing.T) {
 		})
 	}
 }
+
+// TestNestedMountInRoot: a root holding a mount point below it (a volume
+// mounted at app/data). Swapping the root would move the mount with the
+// old tree, and removing the old tree would delete the files of the
+// mounted filesystem (rm -r crosses mounts; a bind mount from the same
+// filesystem even has the same device). The restore is refused at the
+// pre-check, naming the mount, and the mounted files are left alone; the
+// removal of a restore's leftovers never descends into a mount either.
+func TestNestedMountInRoot(t *testing.T) {
+	for _, kind := range []string{"tmpfs", "bind"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			writeTree(t, dir, map[string]string{"app/main": "v1"})
+			mnt := filepath.Join(dir, "app/data")
+			mountAt(t, kind, dir, mnt)
+			writeTree(t, dir, map[string]string{"app/data/db": "precious"})
+			m := envWithRoots(t, dir, filepath.Join(dir, "app"))
+			p := mustCreate(t, m, CreateOptions{Type: TypeFullSystem})
+			writeTree(t, dir, map[string]string{"app/main": "v2"})
+			op, err := m.Rollback(context.Background(), p.ID, RollbackOptions{Force: true})
+			if !errors.Is(err, ErrMountPoint) || !strings.Contains(err.Error(), mnt+" is a mount point inside") {
+				t.Fatalf("restore of a root with a mount inside: %v", err)
+			}
+			if last := op.Steps[len(op.Steps)-1]; last.Name != "pre_checks" {
+				t.Errorf("refused at %s, want pre_checks", last.Name)
+			}
+			if b, err := os.ReadFile(filepath.Join(mnt, "db")); err != nil || string(b) != "precious" {
+				t.Fatalf("the mounted file after the refused restore: %q, %v", b, err)
+			}
+			// The safety net: removing a tree with a mount inside refuses.
+			if err := removeTree(filepath.Join(dir, "app")); err == nil || !strings.Contains(err.Error(), "mount point") {
+				t.Errorf("removeTree of a tree holding a mount: %v", err)
+			}
+			if b, err := os.ReadFile(filepath.Join(mnt, "db")); err != nil || string(b) != "precious" {
+				t.Fatalf("removeTree deleted the mounted file: %q, %v", b, err)
+			}
+		})
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{`/srv/my\040app`: "/srv/my app", `/a\011b\134c`: "/a\tb\\c", `/plain`: "/plain", `/end\04`: `/end\04`} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

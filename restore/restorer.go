@@ -1589,7 +1589,15 @@ func finishRoot(jr JournalRoot) error {
 // works through directory handles opened with O_NOFOLLOW, name by name,
 // so it never follows a symlink. Whatever it leaves is then given to
 // os.RemoveAll, whose error is returned.
+//
+// It refuses a tree with a mount point inside (rm -r would delete the
+// files of the mounted filesystem), leaving it for the operator.
 func removeTree(p string) error {
+	if below, err := mountsBelow(p); err != nil {
+		return err
+	} else if len(below) > 0 {
+		return fmt.Errorf("not removing %s: %s inside it is a mount point; unmount it, then remove %s", p, below[0], p)
+	}
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == nil {
 		removeChildren(fd, 2)
