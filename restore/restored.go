@@ -20,8 +20,9 @@ import (
 // so the newest point's digests no longer match them and the next point
 // would hash them all again. A restore therefore records what it left:
 // backups/restored/<root>.json holds, for each entry of a restored root
-// that matches the point by metadata right after the swap (the
-// application still stopped), its inode, times and the point's digest,
+// that matches the point by metadata right after the swap (before
+// post_restore starts the application again), its inode, times and the
+// point's digest,
 // with the time the record was taken as its scan start. The next point
 // takes it as its parent where it is newer than the newest point of that
 // root, and only while the restored point is in the catalog (so its
