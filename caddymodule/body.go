@@ -116,7 +116,11 @@ func (r *replayReader) Read(p []byte) (int, error) {
 
 func (r *replayReader) Close() error { return nil }
 
-// hasBody says whether a request may carry a body.
+// hasBody says whether a request may carry a body. Caddy's server wraps
+// every request's body (its read-idle deadline), so a body-less GET has a
+// Body that is not http.NoBody; ContentLength 0 is what says there is
+// none (net/http sets -1 for a chunked or unknown-length body, over
+// HTTP/1 and HTTP/2 alike).
 func hasBody(r *http.Request) bool {
-	return r.Body != nil && r.Body != http.NoBody
+	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 }
