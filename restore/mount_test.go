@@ -276,3 +276,38 @@ func TestUnescapeMountinfo(t *testing.T) {
 		}
 	}
 }
+
+// TestSpaceCheckCountsPreRollbackPoint: the backups are on a small
+// filesystem; the restore would remove a big live file, which the
+// pre-rollback point must first store as a new object there. The space
+// check counts it, on the backups' filesystem, and refuses at the
+// pre-check; it used to count only the stage, pass, and fail later in
+// the pre-rollback point with the disk full.
+func TestSpaceCheckCountsPreRollbackPoint(t *testing.T) {
+	dir := t.TempDir()
+	small := filepath.Join(dir, "small")
+	mountTmpfs(t, small, "8m")
+	st, err := local.Open(filepath.Join(dir, "state.db"), local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m, err := New(st, Config{
+		Backups: filepath.Join(small, "backups"),
+		Logs:    filepath.Join(dir, "logs"),
+		Types:   map[string][]string{TypeFullSystem: {filepath.Join(dir, "app")}},
+	}, Options{Host: "test-host"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTree(t, dir, map[string]string{"app/a": "1"})
+	p := mustCreate(t, m, CreateOptions{Type: TypeFullSystem})
+	writeTree(t, dir, map[string]string{"app/big": strings.Repeat("b", 7<<20)})
+	op, err := m.Rollback(context.Background(), p.ID, RollbackOptions{})
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "not enough disk space on the filesystem of "+filepath.Join(small, "backups")) {
+		t.Fatalf("restore: %v; want the pre-check to refuse for lack of space for the pre-rollback point", err)
+	}
+	if last := op.Steps[len(op.Steps)-1]; last.Name != "pre_checks" {
+		t.Errorf("refused at %s, want pre_checks", last.Name)
+	}
+}
