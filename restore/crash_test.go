@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The crash tests re-run the test binary as a child that restores a point
@@ -308,6 +310,47 @@ func TestCrashWhileReverting(t *testing.T) {
 			e.st.Close()
 			if got := checkRecovered(t, dir, oldSnap, newSnap, cat); got != "old" {
 				t.Errorf("killed while reverting at %s: tree is %s, want old", at, got)
+			}
+		})
+	}
+}
+
+// TestRecoverMountGone: a restore into a mount root is killed; at the
+// next start the volume is not mounted (the directory under it is
+// there, empty). Recovery must not touch that directory (nor take its
+// emptiness for the restore's result): it refuses, naming the root.
+func TestRecoverMountGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	for _, at := range []string{"staging", "mount-moved f5"} {
+		t.Run(at, func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			mountAt(t, "bind", dir, data)
+			os.Chmod(data, 0o750)
+			dir, point, _, _, _ := crashSetupIn(t, dir)
+			kill := at
+			if at == "staging" {
+				kill = "link " + data + "/" // staging the mount root
+			}
+			if !runCrashChild(t, dir, point, []string{envCrashAt + "=" + kill}, 0) {
+				t.Fatal("child was not killed")
+			}
+			if err := unix.Unmount(data, unix.MNT_DETACH); err != nil {
+				t.Fatal(err)
+			}
+			var before unix.Stat_t
+			unix.Lstat(data, &before)
+			e := newEnvAt(t, dir)
+			ops, err := e.m.Recover(context.Background())
+			if err == nil || !strings.Contains(err.Error(), data+" (inode") {
+				t.Fatalf("Recover with the volume gone = %v, %v; want a refusal naming %s", ops, err, data)
+			}
+			var after unix.Stat_t
+			unix.Lstat(data, &after)
+			if after.Mode != before.Mode || after.Mtim != before.Mtim || after.Ctim != before.Ctim {
+				t.Errorf("recovery changed the directory under the mount: %+v -> %+v", before, after)
 			}
 		})
 	}

@@ -44,20 +44,28 @@ const (
 // isRestorerName reports whether name, directly in a root, is one of a
 // mount-point restore's own.
 func isRestorerName(name string) bool {
-	return strings.HasPrefix(name, mountStagePrefix) || strings.HasPrefix(name, mountOldPrefix)
+	return strings.HasPrefix(name, mountStagePrefix+"op-") || strings.HasPrefix(name, mountOldPrefix+"op-")
 }
 
 // mountJournalRoot is the journal entry of mount root root for op; its
 // swap list goes in logs, as the op's i-th.
-func mountJournalRoot(root, op, logs string, i int, absent bool) JournalRoot {
+//
+// Its LiveIno is the mount root's inode from the start, so recovery
+// refuses to touch the directory under it should the mount be gone.
+func mountJournalRoot(root, op, logs string, i int, absent bool) (JournalRoot, error) {
+	ino, ok, err := lstatIno(root)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s vanished", root)
+	}
 	return JournalRoot{
+		LiveIno:      ino,
 		Path:         root,
 		Stage:        filepath.Join(root, mountStagePrefix+op),
 		Old:          filepath.Join(root, mountOldPrefix+op),
 		Swap:         filepath.Join(logs, fmt.Sprintf(".switchback-swap-%s-%d", op, i)),
 		Mount:        true,
 		TargetAbsent: absent,
-	}
+	}, err
 }
 
 // rootMeta is the metadata of a mount root directory.

@@ -430,7 +430,9 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 			if err := mountRestorable(t); err != nil {
 				return abort(err)
 			}
-			jr = mountJournalRoot(t.root, op.ID, m.cfg.Logs, len(j.Roots), t.desired.Absent)
+			if jr, err = mountJournalRoot(t.root, op.ID, m.cfg.Logs, len(j.Roots), t.desired.Absent); err != nil {
+				return abort(err)
+			}
 		}
 		j.Roots = append(j.Roots, jr)
 		stagers = append(stagers, &stager{m: m, opID: op.ID, t: t, live: lr, check: check})
