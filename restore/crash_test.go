@@ -29,6 +29,7 @@ const (
 	envCrashAt    = "SWITCHBACK_CRASH_AT"
 	envCrashSleep = "SWITCHBACK_CRASH_SLEEP"
 	envCrashFail  = "SWITCHBACK_CRASH_FAIL"
+	envNoExchange = "SWITCHBACK_NO_EXCHANGE"
 )
 
 // TestCrashChild is the child side; it does nothing unless run by the
@@ -39,6 +40,7 @@ func TestCrashChild(t *testing.T) {
 		return
 	}
 	e := newEnvAt(t, dir)
+	noExchange = os.Getenv(envNoExchange) != ""
 	at := os.Getenv(envCrashAt)
 	sleep := os.Getenv(envCrashSleep) != ""
 	fail := os.Getenv(envCrashFail)
@@ -235,11 +237,16 @@ func TestCrashMountRoot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-execs the test binary")
 	}
-	for _, kind := range []string{"tmpfs", "bind"} {
+	for _, kind := range []string{"tmpfs", "bind", "tmpfs-rename"} {
 		t.Run(kind, func(t *testing.T) {
+			var env []string
+			if kind == "tmpfs-rename" {
+				// As on a filesystem without RENAME_EXCHANGE.
+				env = []string{envNoExchange + "=1"}
+			}
 			setup := func(t *testing.T) (string, string, string, string, string) {
 				dir := t.TempDir()
-				mountAt(t, kind, dir, filepath.Join(dir, "data"))
+				mountAt(t, strings.TrimSuffix(kind, "-rename"), dir, filepath.Join(dir, "data"))
 				return crashSetupIn(t, dir)
 			}
 			points := []string{
@@ -254,7 +261,7 @@ func TestCrashMountRoot(t *testing.T) {
 			for _, at := range points {
 				t.Run(at, func(t *testing.T) {
 					dir, point, oldSnap, newSnap, cat := setup(t)
-					if !runCrashChild(t, dir, point, []string{envCrashAt + "=" + at}, 0) {
+					if !runCrashChild(t, dir, point, append([]string{envCrashAt + "=" + at}, env...), 0) {
 						t.Fatalf("child was not killed at %q", at)
 					}
 					got := checkRecovered(t, dir, oldSnap, newSnap, cat)
@@ -266,14 +273,14 @@ func TestCrashMountRoot(t *testing.T) {
 			t.Run("random", func(t *testing.T) {
 				dir, point, _, _, _ := setup(t)
 				t0 := time.Now()
-				if runCrashChild(t, dir, point, []string{envCrashSleep + "=1"}, 0) {
+				if runCrashChild(t, dir, point, append([]string{envCrashSleep + "=1"}, env...), 0) {
 					t.Fatal("calibration child was killed")
 				}
 				full := time.Since(t0)
 				outcomes := map[string]int{}
 				for i := 0; i < 8; i++ {
 					dir, point, oldSnap, newSnap, cat := setup(t)
-					killed := runCrashChild(t, dir, point, []string{envCrashSleep + "=1"}, time.Duration(rand.Int64N(int64(full))))
+					killed := runCrashChild(t, dir, point, append([]string{envCrashSleep + "=1"}, env...), time.Duration(rand.Int64N(int64(full))))
 					out := checkRecovered(t, dir, oldSnap, newSnap, cat)
 					if !killed {
 						out += " (not killed)"
