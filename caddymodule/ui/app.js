@@ -390,15 +390,15 @@ async function pollPoints() {
   const rows = points.map((p) =>
     el("tr", { dataset: { point: p.id } },
       el("td", { className: "mono", text: p.id, title: p.metadata ? JSON.stringify(p.metadata) : "" }),
-      el("td", { text: p.type + (p.components && p.components.length ? ` (${p.components.join(", ")})` : "") }),
-      el("td", { text: p.host || "", title: p.host_id ? `host id ${p.host_id}: its objects are on that host's disk` : "" }),
+      el("td", {}, p.type + (p.components && p.components.length ? ` (${p.components.join(", ")})` : ""),
+        el("div", { className: "muted", text: p.host ? `on ${p.host}` : "", title: p.host_id ? `host id ${p.host_id}: its objects are on that host's disk` : "" })),
       el("td", { title: stamp(p.created) }, el("time", { datetime: p.created, text: ago(p.created) })),
       el("td", { className: "num", text: humanSize(p.size) }),
       el("td", { className: "num", text: p.files.toLocaleString() }),
       el("td", {}, ...(p.tags || []).map((t) => el("span", { className: "tag", text: t }))),
       verifiedCell(p),
       el("td", {}, el("button", { type: "button", dataset: { action: "verify", point: p.id }, text: "Verify" }))));
-  if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "9", className: "muted", text: "No rollback points yet. Create one before any change you may need to undo." })));
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "8", className: "muted", text: "No rollback points yet. Create one before any change you may need to undo." })));
   $("#point-rows").replaceChildren(...rows);
 }
 
