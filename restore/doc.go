@@ -36,7 +36,8 @@
 // (path_b64, target_b64, name_b64), so nothing is mangled and no two names
 // collide; xattr values are always base64. Empty directories are
 // recorded; symlinks are recorded as links and never followed; sockets and
-// devices are skipped with a warning. The manifest's SHA-256 is the
+// devices are skipped with a warning (a restore keeps the live ones where
+// the restored tree has their directory: keepSpecial). The manifest's SHA-256 is the
 // manifest_digest of the point's catalog record (points/<id> in the state
 // store), which is written last: a create that fails leaves no catalog
 // entry and no manifest, only complete, unreferenced objects that Cleanup
