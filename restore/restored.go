@@ -31,9 +31,12 @@ import (
 
 // restoredRecord is the file's content.
 type restoredRecord struct {
-	Point    string          `json:"point"`
-	Op       string          `json:"op"`
-	Manifest json.RawMessage `json:"manifest"`
+	Point string `json:"point"`
+	// PointDigest is the point's manifest digest: an id reused by a
+	// later point (deleted, then a clock stepped back) is not the point.
+	PointDigest string          `json:"point_digest"`
+	Op          string          `json:"op"`
+	Manifest    json.RawMessage `json:"manifest"`
 }
 
 func (m *Manager) restoredPath(root string) string {
@@ -43,13 +46,13 @@ func (m *Manager) restoredPath(root string) string {
 
 // recordRestored writes the record of root, just restored from point to
 // desired by op. Errors are warnings: the record only saves hashing.
-func (m *Manager) recordRestored(ctx context.Context, op, point string, desired RootManifest) {
+func (m *Manager) recordRestored(ctx context.Context, op string, point Point, desired RootManifest) {
 	if err := m.writeRestored(ctx, op, point, desired); err != nil {
 		m.warn(fmt.Errorf("op %s: recording the restored %s (the next point hashes it again): %w", op, desired.Path, err))
 	}
 }
 
-func (m *Manager) writeRestored(ctx context.Context, op, point string, desired RootManifest) error {
+func (m *Manager) writeRestored(ctx context.Context, op string, point Point, desired RootManifest) error {
 	p := m.restoredPath(desired.Path)
 	os.Remove(p)
 	if desired.Absent {
@@ -95,7 +98,7 @@ func (m *Manager) writeRestored(ctx context.Context, op, point string, desired R
 	if err != nil {
 		return err
 	}
-	rec, err := json.Marshal(restoredRecord{Point: point, Op: op, Manifest: b})
+	rec, err := json.Marshal(restoredRecord{Point: point.ID, PointDigest: point.ManifestDigest, Op: op, Manifest: b})
 	if err != nil {
 		return err
 	}
@@ -117,7 +120,9 @@ func (m *Manager) restoredParent(root string, all []Point, scanned int64) (strin
 	if json.Unmarshal(b, &rec) != nil {
 		return "", nil, 0
 	}
-	if !slices.ContainsFunc(all, func(p Point) bool { return p.ID == rec.Point && m.ownPoint(p) }) {
+	if !slices.ContainsFunc(all, func(p Point) bool {
+		return p.ID == rec.Point && p.ManifestDigest == rec.PointDigest && m.ownPoint(p)
+	}) {
 		return "", nil, 0
 	}
 	mf, err := decodeManifest(rec.Manifest)

@@ -546,7 +546,7 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 		// ctime), before post_restore starts the application.
 		for _, st := range stagers {
 			if st.t.only == nil {
-				m.recordRestored(ctx, op.ID, p.ID, st.t.desired)
+				m.recordRestored(ctx, op.ID, p, st.t.desired)
 			}
 		}
 		return nil
