@@ -508,7 +508,7 @@ func finishMount(jr JournalRoot, meta rootMeta) error {
 	if err := setRootMeta(jr.Path, meta); err != nil {
 		return err
 	}
-	return removeTree(jr.Swap)
+	return removeLeftovers(jr) // the swap list (and its temp files) last
 }
 
 // setRootMeta gives the directory p owner (where this process may),

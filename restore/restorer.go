@@ -1555,10 +1555,13 @@ func rollBackRoot(jr JournalRoot) error {
 // the live path holds the tree that should stay.
 func removeLeftovers(jr JournalRoot) error {
 	var errs []error
-	for _, p := range []string{jr.Stage, jr.Old, jr.Old + ".new", jr.Swap} {
-		if p == "" {
-			continue
-		}
+	paths := []string{jr.Stage, jr.Old, jr.Old + ".new"}
+	if jr.Swap != "" {
+		// With the temp files of a write the crash cut (writeFileAtomic).
+		tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(jr.Swap), "."+filepath.Base(jr.Swap)+".tmp-*"))
+		paths = append(append(paths, jr.Swap), tmps...)
+	}
+	for _, p := range paths {
 		if !strings.Contains(filepath.Base(p), ".switchback-") {
 			continue
 		}
