@@ -49,8 +49,10 @@ func newUIVariant(api string) uiVariant {
 // enforcement applies to its POSTs like any other client's; on a site, the
 // switchback_dashboard handler checks them (see checkAction).
 func serveUI(w http.ResponseWriter, r *http.Request, v uiVariant, rest string) error {
-	if err := method(r, http.MethodGet); err != nil {
-		return err
+	if r.Method != http.MethodHead {
+		if err := method(r, http.MethodGet); err != nil {
+			return err
+		}
 	}
 	if rest == "" {
 		// The page's URLs are relative to a directory.
