@@ -70,6 +70,8 @@ func (app *App) serveAPI(w http.ResponseWriter, r *http.Request, rel string) err
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
+		return app.handleRollout(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 3:
 		return app.handleSwitchAction(w, r, parts[1], parts[2])
 	case path == "metrics":
@@ -170,6 +172,10 @@ type SwitchStatus struct {
 	Pending bool                 `json:"pending,omitempty"` // not yet in the store
 	Arms    map[string]ArmStatus `json:"arms,omitempty"`
 	Rules   *RuleStatus          `json:"rules,omitempty"`
+
+	// RolloutEvidence is the fleet's evidence at the rollout's current
+	// step, as the engine last summed it.
+	RolloutEvidence *state.Evidence `json:"rollout_evidence,omitempty"`
 }
 
 // ArmStatus is an arm's window.
@@ -209,7 +215,8 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 	if !detail {
 		rec.History = nil
 	}
-	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}}
+	sw.rolloutStatus(&rec)
+	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}, RolloutEvidence: sw.rolloutEvidence(rec.Rollout)}
 	now := health.Now()
 	h := sw.handler.Load()
 	if win := sw.win.Load(); win != nil {
@@ -293,14 +300,14 @@ func switchChange(action string, req changeRequest, by, gateway string, now time
 		if err != nil {
 			return nil, apiErr(http.StatusBadRequest, "%v", err)
 		}
-		weight := -1
-		if len(req.Weight) > 0 {
+		weight, given := state.Weight(0), len(req.Weight) > 0
+		if given {
 			if weight, err = parseWeight(req.Weight); err != nil {
 				return nil, err
 			}
 		}
 		return func(cur *state.Switch) bool {
-			if weight >= 0 {
+			if given {
 				cur.Weight = weight
 			} else if mode != state.ModeLegacy && cur.Tripped {
 				cur.Weight = cur.RecoverWeight
@@ -310,7 +317,7 @@ func switchChange(action string, req changeRequest, by, gateway string, now time
 		}, nil
 	case "weight":
 		if len(req.Weight) == 0 {
-			return nil, apiErr(http.StatusBadRequest, `missing weight: send {"weight": N} with N from 0 to 100`)
+			return nil, apiErr(http.StatusBadRequest, `missing weight: send {"weight": N} with N a percent from 0 to 100, like 25 or 0.5`)
 		}
 		if req.Mode != "" {
 			return nil, apiErr(http.StatusBadRequest, "set the mode with the mode action, not weight")
@@ -352,19 +359,14 @@ type changeRequest struct {
 	By     string          `json:"by,omitempty"`
 }
 
-// parseWeight reads a weight that must be a whole number from 0 to 100.
-func parseWeight(raw json.RawMessage) (int, error) {
-	var f float64
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return 0, apiErr(http.StatusBadRequest, "invalid weight %s: must be a whole number from 0 to 100", raw)
-	}
-	if f != float64(int(f)) {
-		return 0, apiErr(http.StatusBadRequest, "invalid weight %s: must be a whole number from 0 to 100", raw)
-	}
-	if err := state.CheckWeight(int(f)); err != nil {
+// parseWeight reads a weight: a JSON number of percent from 0 to 100 with
+// at most two decimals (25, 0.5, 12.25).
+func parseWeight(raw json.RawMessage) (state.Weight, error) {
+	var w state.Weight
+	if err := json.Unmarshal(raw, &w); err != nil {
 		return 0, apiErr(http.StatusBadRequest, "%v", err)
 	}
-	return int(f), nil
+	return w, nil
 }
 
 // POST /switchback/switches/{name}/{mode|weight|reset}

@@ -313,8 +313,7 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 	cfgWeight := h.Weight
 	now := time.Now().UTC()
 	decide := func(cur state.Switch, exists bool) (state.Switch, bool) {
-		n := cur
-		n.History = append([]state.Event(nil), cur.History...)
+		n := cur.Copy()
 		var what string
 		switch {
 		case !exists:
@@ -497,8 +496,10 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	mine, _ := sw.Record()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	held := false // the store already holds what mine says
 	rec, err := state.UpdateSwitch(wctx, a.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
-		if exists && !mine.Supersedes(cur) {
+		held = exists && sameIntent(cur, mine)
+		if exists && (held || !mine.Supersedes(cur)) {
 			return cur, false
 		}
 		return mine, true
@@ -513,12 +514,12 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	sw.mu.Lock()
 	// A change made here while the write was in flight (a trip, say) is
 	// newer than rec and stays, pending, for its own write.
-	if !sw.rec.Supersedes(rec) {
+	if (held && sameIntent(sw.rec, rec)) || !sw.rec.Supersedes(rec) {
 		sw.applyLocked(rec, false)
 	}
 	sw.mu.Unlock()
 	a.cache.touch()
-	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
+	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Stringer("weight", rec.Weight))
 	return true
 }
 

@@ -37,7 +37,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	switchback <name> {
-//		weight <0-100>
+//		weight <percent, 0-100, e.g. 25, 0.5 or 0.5%>
 //		mode split|legacy|consolidated
 //		sticky cookie [<name>] [{
 //			secret <key>
@@ -73,6 +73,13 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		on_trip restore emergency
 //		on_trip restore point <id>
 //		on_recover ...
+//		rollout {
+//			steps <percent>...
+//			hold <duration>
+//			min_requests <n>|off
+//			gate <step> manual
+//			on_step|on_complete|on_abort <action>
+//		}
 //	}
 //
 // The arms are parsed like handle blocks, so any handler works inside.
@@ -104,14 +111,17 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 		seen[sub] = true
 		switch sub {
 		case "weight":
-			w, err := oneInt(d, "weight")
-			if err != nil {
-				return err
+			if !d.NextArg() {
+				return d.ArgErr()
 			}
-			if err := state.CheckWeight(w); err != nil {
+			w, err := state.ParseWeight(d.Val())
+			if err != nil {
 				return d.Errf("%v", err)
 			}
 			h.Weight = w
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "mode":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -175,6 +185,10 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			}
 		case "auto_recover":
 			if err := h.unmarshalAutoRecover(d); err != nil {
+				return err
+			}
+		case "rollout":
+			if err := h.unmarshalRollout(d); err != nil {
 				return err
 			}
 		case "on_trip", "on_recover":
@@ -444,11 +458,11 @@ func (h *Handler) unmarshalAutoRecover(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			f, err := health.ParsePercent(d.Val())
-			if err != nil || f <= 0 || f*100 != float64(int(f*100+0.5)) {
-				return d.Errf("invalid probe_weight '%s': want a whole percent from 1%% to 100%%", d.Val())
+			w, err := state.ParseWeight(d.Val())
+			if err != nil || w == 0 || !strings.HasSuffix(d.Val(), "%") {
+				return d.Errf("invalid probe_weight '%s': want a percent from 0.01%% to 100%%, like 1%%", d.Val())
 			}
-			a.ProbeWeight = int(f*100 + 0.5)
+			a.ProbeWeight = w
 			if d.NextArg() {
 				return d.ArgErr()
 			}

@@ -81,10 +81,28 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"weight 101", site("\t\tweight 101\n"), 3, "between 0 and 100"},
 		{"weight -1", site("\t\tweight -1\n"), 3, "between 0 and 100"},
-		{"weight abc", site("\t\tweight abc\n"), 3, "whole number"},
+		{"weight abc", site("\t\tweight abc\n"), 3, "number of percent"},
+		{"weight 3 decimals", site("\t\tweight 0.125\n"), 3, "more than 2 decimals"},
+		{"weight exponent", site("\t\tweight 1e1\n"), 3, "number of percent"},
 		{"unknown mode", site("\t\tmode sideways\n"), 3, "unknown mode"},
 		{"unknown subdirective", site("\t\tfrobnicate on\n"), 3, "unrecognized switchback subdirective 'frobnicate'"},
 		{"duplicate weight", site("\t\tweight 1\n\t\tweight 2\n"), 4, "duplicate subdirective 'weight'"},
+		{"rollout no steps", site("\t\trollout {\n\t\t\thold 1m\n\t\t}\n"), 5, "rollout needs steps"},
+		{"rollout steps decrease", site("\t\trollout {\n\t\t\tsteps 5% 1%\n\t\t}\n"), 4, "steps must increase"},
+		{"rollout steps equal", site("\t\trollout {\n\t\t\tsteps 5% 5\n\t\t}\n"), 4, "steps must increase"},
+		{"rollout step 0", site("\t\trollout {\n\t\t\tsteps 0 5%\n\t\t}\n"), 4, "above 0%"},
+		{"rollout step 101", site("\t\trollout {\n\t\t\tsteps 5% 101%\n\t\t}\n"), 4, "between 0 and 100"},
+		{"rollout step decimals", site("\t\trollout {\n\t\t\tsteps 0.125%\n\t\t}\n"), 4, "more than 2 decimals"},
+		{"rollout gate not a step", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 20% manual\n\t\t}\n"), 6, "not one of the steps"},
+		{"rollout gate first", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 5% manual\n\t\t}\n"), 6, "first step"},
+		{"rollout gate kind", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 50% auto\n\t\t}\n"), 5, "gate <step> manual"},
+		{"rollout gate twice", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 50% manual\n\t\t\tgate 50 manual\n\t\t}\n"), 6, "given twice"},
+		{"rollout hold bad", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\thold soon\n\t\t}\n"), 5, "invalid hold"},
+		{"rollout min_requests bad", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\tmin_requests -3\n\t\t}\n"), 5, "invalid min_requests"},
+		{"rollout unknown option", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\tspeed fast\n\t\t}\n"), 5, "unknown rollout option 'speed'"},
+		{"rollout duplicate hold", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\thold 1m\n\t\t\thold 2m\n\t\t}\n"), 6, "duplicate rollout option 'hold'"},
+		{"rollout twice", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t}\n\t\trollout {\n\t\t\tsteps 5%\n\t\t}\n"), 6, "duplicate subdirective 'rollout'"},
+		{"rollout bad action", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\ton_step shout loud\n\t\t}\n"), 5, "unknown action 'shout'"},
 		{"sticky unknown", site("\t\tsticky ear\n"), 3, "unknown sticky source"},
 		{"sticky header no name", site("\t\tsticky header\n"), 3, "header name"},
 		{"error_rate 150%", site("\t\ttrip {\n\t\t\terror_rate 150%\n\t\t}\n"), 4, "error_rate"},
@@ -151,6 +169,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("replay_unsafe @orders\nreplay_unsafe /api/orders*\n")
 	f.Add("replay_unsafe *\n")
 	f.Add("replay_unsafe\n")
+	f.Add("rollout {\nsteps 1% 5% 100%\nhold 1s\nmin_requests 10\ngate 5% manual\n}\n")
 	f.Fuzz(func(t *testing.T, body string) {
 		src := "switchback main {\n" + body + "\n}\n"
 		d := caddyfile.NewTestDispenser(src)
@@ -158,5 +177,31 @@ func FuzzParse(f *testing.F) {
 		_ = h.UnmarshalCaddyfile(d)
 		g := caddyfile.NewTestDispenser("switchback {\n" + body + "\n}\n")
 		_, _ = parseGlobal(g, nil)
+	})
+}
+
+// FuzzParseRollout feeds arbitrary rollout blocks to the parser: it may
+// refuse them, but must never panic, and what it accepts is a valid
+// rollout (steps increasing in (0,100], gates among them).
+func FuzzParseRollout(f *testing.F) {
+	for _, s := range []string{
+		"steps 1% 5% 25% 50% 100%\nhold 5m\nmin_requests 500\ngate 50% manual",
+		"steps 0.1 1 100\nmin_requests off\non_step webhook https://x.example/h",
+		"steps 5% 1%", "steps\n", "gate 5% manual\nsteps 5", "steps 0.001%", "steps 1e1", "hold 0\nsteps 1",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		d := caddyfile.NewTestDispenser("switchback main {\nrollout {\n" + body + "\n}\n}\n")
+		var h Handler
+		if h.UnmarshalCaddyfile(d) != nil || h.Rollout == nil {
+			return
+		}
+		if err := h.Rollout.check(); err != nil {
+			t.Fatalf("accepted an invalid rollout %+v: %v", h.Rollout, err)
+		}
+		if err := h.Rollout.plan().Check(); err != nil {
+			t.Fatalf("accepted rollout's plan is invalid: %v", err)
+		}
 	})
 }

@@ -46,9 +46,10 @@ type Handler struct {
 	Mode string `json:"mode,omitempty"`
 
 	// Weight is the initial percent of sticky keys sent to consolidated in
-	// split mode, 0 to 100 (default 0). A weight set later through the
-	// admin API wins over it until this value itself changes.
-	Weight int `json:"weight,omitempty"`
+	// split mode, 0 to 100 in steps of 0.01 (12.5 is 12.5%; default 0). A
+	// weight set later through the admin API wins over it until this
+	// value itself changes.
+	Weight state.Weight `json:"weight,omitempty"`
 
 	// Sticky says where the key that keeps a user on one arm comes from
 	// (default: a cookie named "sb_user").
@@ -96,6 +97,10 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Rollout, if set, walks the weight through steps (see Rollout). Nil
+	// means the weight moves only by hand.
+	Rollout *Rollout `json:"rollout,omitempty"`
+
 	legacy       caddyhttp.MiddlewareHandler
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
@@ -113,6 +118,7 @@ type Handler struct {
 	replayUnsafe caddyhttp.MatcherSets
 	logger       *zap.Logger
 	ctx          caddy.Context
+	stepGates    []stepGate // conditions on leaving a rollout step, added in Provision (rollout.go)
 }
 
 // Sticky configures the sticky key.
@@ -226,8 +232,8 @@ type AutoRecover struct {
 	// stay healthy (default 60s).
 	After caddy.Duration `json:"after,omitempty"`
 	// ProbeWeight is the percent of keys sent to consolidated while
-	// half-open (default 1).
-	ProbeWeight int `json:"probe_weight,omitempty"`
+	// half-open, in steps of 0.01 (default 1).
+	ProbeWeight state.Weight `json:"probe_weight,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -361,6 +367,9 @@ func (h *Handler) commit() {
 	if h.AutoRecover != nil {
 		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
 	}
+	if h.Rollout != nil {
+		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
+	}
 }
 
 // directArm returns the single handler of an arm that is a subroute of one
@@ -427,9 +436,12 @@ func (h *Handler) checkConfig() error {
 		if a.After < 0 {
 			return fmt.Errorf("switch %s: auto_recover after %s must be positive", h.Name, time.Duration(a.After))
 		}
-		if a.ProbeWeight < 0 || a.ProbeWeight > 100 {
-			return fmt.Errorf("switch %s: auto_recover probe_weight %d%% must be between 1%% and 100%%", h.Name, a.ProbeWeight)
+		if a.ProbeWeight < 0 || a.ProbeWeight > state.WeightMax {
+			return fmt.Errorf("switch %s: auto_recover probe_weight %s%% must be between 0.01%% and 100%%", h.Name, a.ProbeWeight)
 		}
+	}
+	if err := h.Rollout.check(); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
 	}
 	for _, list := range [][]Action{h.OnTrip, h.OnRecover} {
 		for _, a := range list {
@@ -591,7 +603,7 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	var body *teeBody
 	if hasBody(r) {
 		body = newTeeBody(r.Body, h.maxBody)
-		ar.req.Body, ar.req.GetBody = body, nil
+		ar.req.Body, ar.req.GetBody = &body.first, body.getBody
 		rec.body = body
 	}
 	setArm(repl, armConsolidated)
@@ -607,7 +619,7 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	}
 	if !replay {
 		if body != nil {
-			body.detached.Store(true) // a transport still writing reads no more
+			body.stop() // a transport still writing reads no more
 		}
 		held := rec.held
 		putRecorder(rec)
@@ -631,9 +643,8 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	if body == nil {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
-	body.detach()
 	orig := r.Body
-	r.Body = &body.replay
+	r.Body = body.rewind()
 	defer func() { r.Body = orig }()
 	return h.serve(armLegacy, h.legacy, w, r, next, repl)
 }
@@ -730,6 +741,9 @@ func (h *Handler) observe(arm string, start time.Time, rec *recorder, out outcom
 	}
 	win := h.sw.win.Load()
 	win.arm(arm).Observe(now, latency, failed)
+	if st := h.sw.step.Load(); st != nil {
+		st.arms[i].Observe(latency, failed)
+	}
 	if arm == armConsolidated {
 		h.monitor.Observed(now, failed, latency)
 	}

@@ -215,7 +215,7 @@ func TestSiteDashboardRefusesCrossSiteChanges(t *testing.T) {
 				t.Errorf("a refusal should say why in words, got %q", body)
 			}
 			if sw := g.Switch(t, "main"); sw.Mode != "split" || sw.Weight != 50 {
-				t.Fatalf("a refused request changed the switch: mode %q weight %d", sw.Mode, sw.Weight)
+				t.Fatalf("a refused request changed the switch: mode %q weight %g", sw.Mode, sw.Weight)
 			}
 		})
 	}
@@ -231,7 +231,7 @@ func TestSiteDashboardRefusesCrossSiteChanges(t *testing.T) {
 	}
 	sw := g.Switch(t, "main")
 	if sw.Weight != 30 || sw.By != "oncall via dashboard" {
-		t.Errorf("after the accepted POST: weight %d by %q, want 30 by oncall via dashboard (the body's by is not trusted)", sw.Weight, sw.By)
+		t.Errorf("after the accepted POST: weight %g by %q, want 30 by oncall via dashboard (the body's by is not trusted)", sw.Weight, sw.By)
 	}
 }
 
@@ -264,12 +264,12 @@ func TestSiteDashboardInBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("confirm-ok")),
 	)
 	if sw := g.Switch(t, "main"); sw.Weight != 50 {
-		t.Fatalf("the weight changed to %d before the confirmation", sw.Weight)
+		t.Fatalf("the weight changed to %g before the confirmation", sw.Weight)
 	}
 	within(t, ctx, 10*time.Second, "confirming the weight", chromedp.Click(chromedp.ID("confirm-ok")))
 	waitJS(t, ctx, 5*time.Second, "the result message", `document.getElementById("message").textContent.includes("main is now split (70% legacy / 30% consolidated)")`)
 	if sw := g.Switch(t, "main"); sw.Weight != 30 || sw.By != "oncall via dashboard" {
-		t.Errorf("after set weight: weight %d by %q, want 30 by oncall via dashboard", sw.Weight, sw.By)
+		t.Errorf("after set weight: weight %g by %q, want 30 by oncall via dashboard", sw.Weight, sw.By)
 	}
 
 	// Force legacy.

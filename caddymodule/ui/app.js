@@ -439,7 +439,7 @@ function renderRollout(card, sw) {
     return;
   }
   toggle(box, true);
-  const sig = JSON.stringify(ro);
+  const sig = JSON.stringify([ro, sw.rollout_evidence]);
   if (box.dataset.sig === sig) {
     const since = $(".rollout-since", box);
     if (since) setText(since, ro.step_started ? `since ${ago(ro.step_started)}` : "");
@@ -473,6 +473,8 @@ function renderRollout(card, sw) {
     el("ol", { className: "step-bar", "aria-label": "rollout steps" }, ...steps),
     el("p", { className: "rollout-facts muted" }, facts, " ", el("span", { className: "rollout-since", text: ro.step_started && state !== "idle" ? `since ${ago(ro.step_started)}` : "" })),
     ro.waiting ? el("p", { className: "rollout-waiting", text: ro.waiting }) : "",
+    sw.rollout_evidence ? el("details", { className: "evidence current-evidence", dataset: { key: "current" } },
+      el("summary", { text: "evidence at this step, so far" }), renderEvidence(sw.rollout_evidence)) : "",
     (ro.approvals || []).length ? el("p", { className: "muted", text: "approvals: " + ro.approvals.map((a) => `${pctOf(a.step)} by ${a.by} ${ago(a.at)}`).join("; ") }) : "",
     actions.length ? el("div", { className: "rollout-actions act" }, ...actions.map((a) =>
       el("button", { type: "button", className: a === "abort" ? "danger" : a === "promote" ? "warn" : "",
@@ -480,6 +482,8 @@ function renderRollout(card, sw) {
     decisions.length ? el("details", { className: "decisions", dataset: { key: "decisions" } },
       el("summary", { text: `Decisions (${decisions.length}), newest first` }),
       el("ol", { className: "decision-list" }, ...decisions.map((d, i) => renderDecision(d, i, open)))) : "");
+  const cur = $("details.current-evidence", box);
+  if (cur && open.has("current")) cur.open = true;
   const det = $("details.decisions", box);
   if (det && (open.has("decisions") || !box.dataset.seen)) det.open = true;
   box.dataset.seen = "1";
