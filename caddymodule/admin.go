@@ -59,6 +59,8 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) >= 3 && parts[2] == "shadow":
+		return app.handleShadow(w, r, parts[1], parts[3:])
 	case parts[0] == "switches" && len(parts) == 3:
 		return app.handleSwitchAction(w, r, parts[1], parts[2])
 	case path == "metrics":

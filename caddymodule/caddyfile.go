@@ -177,6 +177,10 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			if err := h.unmarshalAutoRecover(d); err != nil {
 				return err
 			}
+		case "shadow":
+			if err := h.unmarshalShadow(d); err != nil {
+				return err
+			}
 		case "on_trip", "on_recover":
 			a, err := unmarshalAction(d)
 			if err != nil {

@@ -24,6 +24,7 @@ const (
 	taskCacheWriter  = "cache_writer"
 	taskSecret       = "cookie_secret_refresh"
 	taskRecovery     = "restore_recovery"
+	taskShadow       = "shadow"
 )
 
 // goroutinePanics counts, by task, the panics recovered in switchback's
@@ -34,7 +35,7 @@ const (
 var goroutinePanics = func() *metrics.Set {
 	s := metrics.NewSet()
 	for _, task := range []string{taskProbe, taskMonitor, taskLegacyWatch, taskAutoRecover, taskTrip, taskActions,
-		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery} {
+		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskShadow} {
 		s.GetOrCreateCounter(panicSeries(task))
 	}
 	return s

@@ -96,6 +96,10 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Shadow, if set, sends copies of a share of the requests to the arm
+	// that did not serve them and compares the answers (see shadow.go).
+	Shadow *Shadow `json:"shadow,omitempty"`
+
 	legacy       caddyhttp.MiddlewareHandler
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
@@ -111,6 +115,7 @@ type Handler struct {
 	replay       bool
 	maxBody      int64
 	replayUnsafe caddyhttp.MatcherSets
+	shadowRun    *shadowRunner // nil without a shadow block
 	logger       *zap.Logger
 	ctx          caddy.Context
 }
@@ -313,6 +318,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
+	if err := h.provisionShadow(ctx); err != nil {
+		return err
+	}
 	if h.Probe != nil && ctx.Value(caddyhttp.ServerCtxKey) == nil {
 		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
 	}
@@ -414,6 +422,9 @@ func (h *Handler) checkConfig() error {
 	}
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
+	if err := h.Shadow.check(); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
 	}
 	if p := h.Probe; p != nil {
 		if p.Arm != armLegacy && p.Arm != armConsolidated {
@@ -569,6 +580,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	v := h.sw.view.Load()
 	consolidated := h.pick(v, w, r)
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.shadowRun != nil && h.shadowRun.sample(v, consolidated, r) {
+		return h.serveShadowed(consolidated, w, r, next, repl)
+	}
+	return h.serveArm(consolidated, w, r, next, repl)
+}
+
+// serveArm serves the request on the arm picked.
+func (h *Handler) serveArm(consolidated bool, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
 	if !consolidated {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
