@@ -135,8 +135,8 @@ func checkMethod(m string) error {
 type shadowRunner struct {
 	h           *Handler
 	ctx         context.Context // the config's: copies stop with it
-	all         bool   // sample every request
-	threshold   uint64 // else a request is sampled when a random uint64 is below it
+	all         bool            // sample every request
+	threshold   uint64          // else a request is sampled when a random uint64 is below it
 	methods     []string
 	maxBody     int64
 	timeout     time.Duration
