@@ -389,7 +389,9 @@ func (s *shadowRunner) run(j *shadowJob) {
 		return
 	}
 	pair := shadow.Pair{Method: j.method, Path: j.path, At: j.at, Serving: j.serving, Shadow: ans}
-	if s.res.WantRepeat(j.method, j.path, s.noise, rand.Float64()) {
+	// The serving arm is asked again only for a safe method: a listed
+	// POST may run once on each arm, never twice on the one in service.
+	if safeMethod(j.method) && s.res.WantRepeat(j.method, j.path, s.noise, rand.Float64()) {
 		rctx, rcancel := context.WithTimeout(s.ctx, s.timeout)
 		if again, err := s.send(rctx, serving, j); err == nil {
 			pair.Repeat = &again
@@ -397,6 +399,11 @@ func (s *shadowRunner) run(j *shadowJob) {
 		rcancel()
 	}
 	s.outcomes[s.res.Record(s.rules, pair)].Inc()
+}
+
+// safeMethod says whether a method is safe to send twice (RFC 9110 9.2.1).
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions || m == http.MethodTrace
 }
 
 // wait waits for the serving answer to be complete, at most until ctx
