@@ -575,12 +575,10 @@ func pct(f float64) string {
 	return strconv.FormatFloat(math.Round(f*1000)/10, 'f', -1, 64) + "%"
 }
 
-// shadowStep returns the pairs compared at the current rollout step, for
-// the rollout's gate and fleet stats.
-func (sw *Switch) shadowStep() shadow.StepCounts { return sw.shadowResults().Step() }
-
-// shadowResetStep starts the counts of a new rollout step.
-func (sw *Switch) shadowResetStep() { sw.shadowResults().ResetStep() }
+// shadowStepAt returns the pairs compared at the rollout step named id,
+// for the rollout's gate and fleet stats; the counts start over when the
+// step changes.
+func (sw *Switch) shadowStepAt(id string) shadow.StepCounts { return sw.shadowResults().StepAt(id) }
 
 // GET /switchback/switches/{name}/shadow and
 // POST /switchback/switches/{name}/shadow/reset.

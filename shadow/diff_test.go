@@ -216,6 +216,16 @@ func TestNoise(t *testing.T) {
 	if sc := res.Step(); sc.Compared != 0 || res.Report().Compared != 1000 {
 		t.Errorf("ResetStep: step %+v, report %d", sc, res.Report().Compared)
 	}
+	if sc := res.StepAt("step-1"); sc.Compared != 0 {
+		t.Errorf("a new step starts at %+v", sc)
+	}
+	res.Record(rules, Pair{Method: "GET", Path: "/items/1", Serving: answer(5, "l"), Shadow: answer(5, "c")})
+	if sc := res.StepAt("step-1"); sc.Compared != 1 || sc.Mismatched != 1 {
+		t.Errorf("step-1 counts %+v", sc)
+	}
+	if sc := res.StepAt("step-2"); sc.Compared != 0 {
+		t.Errorf("step-2 starts at %+v", sc)
+	}
 	res.Reset()
 	if rep := res.Report(); rep.Compared != 0 || len(rep.Routes) != 0 {
 		t.Errorf("Reset left %+v", rep)

@@ -62,9 +62,10 @@ type Results struct {
 
 	sampled, skipped, dropped atomic.Uint64
 
-	mu   sync.Mutex
-	all  tally
-	step tally
+	mu     sync.Mutex
+	all    tally
+	step   tally
+	stepID string // the rollout step the step tally counts (StepAt)
 }
 
 type tally struct {
@@ -416,6 +417,18 @@ func (r *Results) Step() StepCounts {
 		}
 	}
 	return sc
+}
+
+// StepAt returns the counts at the rollout step named id. When id is not
+// the step counted so far, the counts start over at it (and are zero):
+// counts of one step never pass for another's.
+func (r *Results) StepAt(id string) StepCounts {
+	r.mu.Lock()
+	if id != r.stepID {
+		r.stepID, r.step = id, tally{}
+	}
+	r.mu.Unlock()
+	return r.Step()
 }
 
 // ResetStep starts the counts of a new rollout step.
