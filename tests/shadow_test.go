@@ -108,10 +108,10 @@ func newShadowArm(t *testing.T, consolidated bool) (*shadowArm, string) {
 }
 
 type shadowReport struct {
-	Switch, Direction                                           string
+	Switch, Direction                                          string
 	Sampled, Compared, Mismatched, NoiseOnly, Skipped, Dropped uint64
-	MismatchRate                                                float64 `json:"mismatch_rate"`
-	Routes                                                      []struct {
+	MismatchRate                                               float64 `json:"mismatch_rate"`
+	Routes                                                     []struct {
 		Route        string
 		Compared     uint64
 		Mismatched   uint64
