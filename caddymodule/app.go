@@ -497,8 +497,10 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	mine, _ := sw.Record()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	held := false // the store already holds what mine says
 	rec, err := state.UpdateSwitch(wctx, a.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
-		if exists && !mine.Supersedes(cur) {
+		held = exists && sameIntent(cur, mine)
+		if exists && (held || !mine.Supersedes(cur)) {
 			return cur, false
 		}
 		return mine, true
@@ -513,7 +515,7 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	sw.mu.Lock()
 	// A change made here while the write was in flight (a trip, say) is
 	// newer than rec and stays, pending, for its own write.
-	if !sw.rec.Supersedes(rec) {
+	if (held && sameIntent(sw.rec, rec)) || !sw.rec.Supersedes(rec) {
 		sw.applyLocked(rec, false)
 	}
 	sw.mu.Unlock()

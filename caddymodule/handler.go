@@ -610,7 +610,7 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	var body *teeBody
 	if hasBody(r) {
 		body = newTeeBody(r.Body, h.maxBody)
-		ar.req.Body, ar.req.GetBody = body, nil
+		ar.req.Body, ar.req.GetBody = &body.first, body.getBody
 		rec.body = body
 	}
 	setArm(repl, armConsolidated)
@@ -626,7 +626,7 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	}
 	if !replay {
 		if body != nil {
-			body.detached.Store(true) // a transport still writing reads no more
+			body.stop() // a transport still writing reads no more
 		}
 		held := rec.held
 		putRecorder(rec)
@@ -650,9 +650,8 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	if body == nil {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
-	body.detach()
 	orig := r.Body
-	r.Body = &body.replay
+	r.Body = body.rewind()
 	defer func() { r.Body = orig }()
 	return h.serve(armLegacy, h.legacy, w, r, next, repl)
 }

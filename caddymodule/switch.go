@@ -161,7 +161,9 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 	defer app.cache.touch()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	moot := false // the store's record already holds what fn wants
 	written, err := state.UpdateSwitch(wctx, app.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
+		moot = false
 		if !exists {
 			return mine, true
 		}
@@ -181,6 +183,17 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 			}
 			return n, true
 		}
+		// Ours is the later change, but if fn would change nothing on
+		// the store's record, that record already holds its intent: a
+		// trip that another gateway wrote first stands, with its time,
+		// its history and its on_trip actions, rather than being
+		// overwritten by a copy of itself.
+		probe := cur
+		probe.History = append([]state.Event(nil), cur.History...)
+		if !fn(&probe) {
+			moot = true
+			return cur, false
+		}
 		return mine, !sameState(cur, mine)
 	})
 	if err != nil {
@@ -198,7 +211,7 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 	}
 	app.storeOK()
 	sw.mu.Lock()
-	if !sw.rec.Supersedes(written) {
+	if moot || !sw.rec.Supersedes(written) {
 		sw.applyLocked(written, false)
 	}
 	sw.mu.Unlock()
@@ -222,7 +235,7 @@ func (sw *Switch) adopt(rec state.Switch) (writeBack bool) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.pending {
-		if sw.rec.Supersedes(rec) {
+		if sw.rec.Supersedes(rec) && !sameIntent(sw.rec, rec) {
 			return true
 		}
 	} else if sameState(sw.rec, rec) {
@@ -230,6 +243,15 @@ func (sw *Switch) adopt(rec state.Switch) (writeBack bool) {
 	}
 	sw.applyLocked(rec, false)
 	return false
+}
+
+// sameIntent says whether a and b send traffic the same way: one mode,
+// one weight, both tripped or neither. A pending change whose intent the
+// store already holds (a trip another gateway wrote first) gives way to
+// the store's record, which the fleet has and whose actions ran, instead
+// of overwriting it with a later copy of itself.
+func sameIntent(a, b state.Switch) bool {
+	return a.Mode == b.Mode && a.Weight == b.Weight && a.Tripped == b.Tripped
 }
 
 func sameState(a, b state.Switch) bool {

@@ -46,13 +46,33 @@ func (h *Handler) tripped(v health.Verdict) {
 		} else {
 			h.logger.Error("switch tripped to legacy", fields...)
 		}
-		if _, err := h.sw.persist(h.ctx, h.app, trip); err != nil {
+		written, err := h.sw.persist(h.ctx, h.app, trip)
+		if err != nil {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
 		}
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
 		h.app.emit("switchback.tripped", data)
+		// The fleet's actions run once per trip, on the gateway whose
+		// write won. A gateway that cannot reach the store cannot know,
+		// and runs them: two pages are better than none.
+		if err == nil && !tripWrittenBy(written, h.app.gateway, now) {
+			h.logger.Info("on_trip left to the gateway whose trip was written first", zap.String("by", written.Gateway), zap.String("rule", written.Rule))
+			return
+		}
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
 	})
+}
+
+// tripWrittenBy says whether rec holds the trip that gateway made at at:
+// its latest trip event is that one. Another gateway's trip, written
+// first, leaves ours unwritten (it would trip a tripped switch).
+func tripWrittenBy(rec state.Switch, gateway string, at time.Time) bool {
+	for i := len(rec.History) - 1; i >= 0; i-- {
+		if e := rec.History[i]; e.Kind == "trip" {
+			return e.Gateway == gateway && e.At.Equal(at)
+		}
+	}
+	return false
 }
 
 // legacyHealth says whether legacy is failing too at now (on the clock of

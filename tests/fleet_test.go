@@ -84,6 +84,13 @@ type fleet struct {
 // startFleet starts one gateway per Consul address in addrs.
 func startFleet(t *testing.T, addrs ...string) *fleet {
 	t.Helper()
+	return startFleetWith(t, fleetTemplate, addrs...)
+}
+
+// startFleetWith starts one gateway per Consul address in addrs, from a
+// template of fleetTemplate's kind.
+func startFleetWith(t *testing.T, template string, addrs ...string) *fleet {
+	t.Helper()
 	f := &fleet{
 		legacy: NewUpstream(t, "legacy"),
 		shared: t.TempDir(),
@@ -99,7 +106,7 @@ func startFleet(t *testing.T, addrs ...string) *fleet {
 		c := NewUpstream(t, fmt.Sprintf("consolidated-%d", i))
 		f.consolidated = append(f.consolidated, c)
 		f.gws = append(f.gws, StartGateway(t, GatewayConfig{
-			Template:     fleetTemplate,
+			Template:     template,
 			Legacy:       f.legacy,
 			Consolidated: c,
 			Extra: map[string]string{
@@ -278,6 +285,63 @@ func TestFleetTripReachesAll(t *testing.T) {
 		if !fleetAllLegacy(t, g) {
 			t.Errorf("gw-%d: tripped, but traffic still reaches consolidated", i)
 		}
+	}
+}
+
+// TestFleetPagesOncePerTrip: consolidated fails for the whole fleet at
+// once, and every gateway trips on its own traffic before it sees
+// another's trip. The on_trip exec (a page) still runs once, on the
+// gateway whose trip was written first.
+func TestFleetPagesOncePerTrip(t *testing.T) {
+	agent := consultest.Start(t)
+	tmpl := strings.Replace(fleetTemplate, "\t\ttrip {", "\t\ton_trip exec sh -c \"echo $SWITCHBACK_GATEWAY >> {SHARED}/pages\"\n\t\ttrip {", 1)
+	if tmpl == fleetTemplate {
+		t.Fatal("the template has no trip block to add on_trip to")
+	}
+	f := startFleetWith(t, tmpl, agent.Addr, agent.Addr, agent.Addr)
+	for _, c := range f.consolidated {
+		c.Fail(http.StatusInternalServerError)
+	}
+	var wg sync.WaitGroup
+	for i, g := range f.gws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 2000 && !fleetTripped(g.Switch(t, "main")); n++ {
+				var inner sync.WaitGroup
+				for k := range 8 {
+					inner.Add(1)
+					go func() {
+						defer inner.Done()
+						fleetGet(g, fmt.Sprintf("page-%d-%d-%d", i, n, k))
+					}()
+				}
+				inner.Wait()
+			}
+		}()
+	}
+	wg.Wait()
+	f.waitAll(t, 10*time.Second, "tripped to legacy", fleetTripped)
+	local := 0
+	for _, g := range f.gws {
+		if strings.Contains(g.metrics(t), "switchback_trips_total{") {
+			local++
+		}
+	}
+	pages := filepath.Join(f.shared, "pages")
+	Eventually(t, 10*time.Second, "the page", func() bool { _, err := os.Stat(pages); return err == nil })
+	time.Sleep(3 * time.Second) // time for any other gateway's page
+	b, err := os.ReadFile(pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(b))
+	t.Logf("%d of 3 gateways tripped on their own traffic; pages from %v", local, lines)
+	if len(lines) != 1 {
+		t.Fatalf("%d pages for one trip (%v), want 1", len(lines), lines)
+	}
+	if s := f.gws[0].Switch(t, "main"); s.Gateway != lines[0] {
+		t.Errorf("page from %s, but the trip written is %s's", lines[0], s.Gateway)
 	}
 }
 
