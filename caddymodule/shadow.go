@@ -298,7 +298,7 @@ func (h *Handler) serveShadowed(consolidated bool, w http.ResponseWriter, r *htt
 	if j.hasBody {
 		tb = newTeeBody(r.Body, h.maxBody)
 		orig := r.Body
-		r.Body = tb
+		r.Body = &tb.first
 		defer func() { r.Body = orig }()
 	}
 	pre := w.Header().Clone() // set before the arm: the gateway's, not the arm's
@@ -331,7 +331,7 @@ func takeBody(tb *teeBody, length int64) ([]byte, bool) {
 		return nil, false
 	}
 	defer tb.mu.Unlock()
-	tb.detached.Store(true)
+	tb.stop() // a transport still writing reads no more
 	if tb.over.Load() {
 		return nil, false
 	}

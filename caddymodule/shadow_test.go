@@ -235,3 +235,19 @@ func BenchmarkShadowUnsampled(b *testing.B) {
 		})
 	}
 }
+
+// TestShadowUnsampledAllocatesNothing holds what BenchmarkShadowUnsampled
+// shows: a request a shadow block does not sample allocates nothing.
+func TestShadowUnsampledAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items at random, so allocation counts mean nothing under -race")
+	}
+	ok := armFunc(func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(200); return nil })
+	h := withShadow(t, testHandler(t, state.ModeLegacy, 0, ok, ok), &Shadow{Sample: 1e-15})
+	r := request("GET", "")
+	w := discardWriter{h: http.Header{}}
+	h.ServeHTTP(w, r, nil)
+	if n := testing.AllocsPerRun(500, func() { h.ServeHTTP(w, r, nil) }); n != 0 {
+		t.Errorf("%v allocations per unsampled request, want 0", n)
+	}
+}
