@@ -43,12 +43,15 @@ http://{HTTP} {
 }
 `
 
-func startShadowGateway(t *testing.T, shadow, legacy, consolidated string) *Gateway {
+// startShadowGateway starts a gateway on shadowTemplate; extra lines go
+// in the switch block after the shadow block.
+func startShadowGateway(t *testing.T, shadow, legacy, consolidated string, extra ...string) *Gateway {
 	t.Helper()
 	block := ""
 	if shadow != "-" {
 		block = "shadow {\n" + shadow + "\n}"
 	}
+	block += "\n" + strings.Join(extra, "\n")
 	return StartGateway(t, GatewayConfig{Template: shadowTemplate,
 		Extra: map[string]string{"SHADOW": block, "LEGACY": legacy, "CONSOLIDATED": consolidated}})
 }
@@ -63,9 +66,11 @@ const (
 
 // shadowArm is an upstream answering JSON as the issue describes: every
 // answer has its own generated_at; on consolidated, /items/:id differs in
-// /price (and in a session header) for ids that are multiples of 5.
+// /price (and in a session header) for ids that are multiples of
+// mismatchEvery (5 unless changed; 0 for none).
 type shadowArm struct {
-	consolidated bool
+	consolidated  bool
+	mismatchEvery atomic.Int64
 	n            atomic.Int64
 	shadows      atomic.Int64 // requests with X-Switchback-Shadow: 1
 	posts        atomic.Int64 // shadow POSTs
@@ -89,7 +94,7 @@ func (a *shadowArm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(id)
 		price := n * 10
 		sess := secretL
-		if a.consolidated && n%5 == 0 {
+		if every := a.mismatchEvery.Load(); a.consolidated && every > 0 && n%int(every) == 0 {
 			price++
 			sess = secretC
 		}
@@ -102,6 +107,7 @@ func (a *shadowArm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func newShadowArm(t *testing.T, consolidated bool) (*shadowArm, string) {
 	a := &shadowArm{consolidated: consolidated}
+	a.mismatchEvery.Store(5)
 	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 	return a, strings.TrimPrefix(srv.URL, "http://")
