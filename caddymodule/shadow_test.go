@@ -216,7 +216,7 @@ func BenchmarkShadowUnsampled(b *testing.B) {
 				// copies go to consolidated.
 				for {
 					key, val := h.signer.Load().issue()
-					if pickConsolidated(h.sw.salt, key, threshold(bc.weight)) {
+					if pickConsolidated(h.sw.salt, key, h.sw.view.Load().threshold) {
 						r.Header.Set("Cookie", "sb_user="+val)
 						break
 					}
