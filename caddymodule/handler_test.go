@@ -55,7 +55,8 @@ func testHandler(t testing.TB, mode state.Mode, weight int, legacy, consolidated
 	h.sw.win.Store(win)
 	h.win = win
 	h.monitor = health.NewMonitor(health.MonitorOptions{Rules: health.Rules{ConsecutiveFailures: 1 << 30, Window: 10e9}, Consolidated: win.consolidated, Legacy: win.legacy})
-	h.sw.view.Store(&view{mode: mode, weight: weight, threshold: threshold(weight)})
+	w := state.WeightPercent(weight)
+	h.sw.view.Store(&view{mode: mode, weight: w, threshold: threshold(w)})
 	return h
 }
 

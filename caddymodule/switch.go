@@ -26,7 +26,7 @@ const (
 // without a lock.
 type view struct {
 	mode      state.Mode
-	weight    int
+	weight    state.Weight
 	threshold uint32
 }
 
@@ -55,6 +55,18 @@ type Switch struct {
 	metrics *switchMetrics
 
 	shadow atomic.Pointer[shadow.Results] // made on first use: shadowResults
+
+	// step counts the answers at the rollout's current step, nil when no
+	// rollout is under way; rollout is the engine's last view of the step
+	// (rollout.go); shadowCounts reports shadow's counts at a step, nil
+	// without shadow.
+	step         atomic.Pointer[stepTally]
+	rollout      atomic.Pointer[rolloutView]
+	shadowCounts atomic.Pointer[func(stepID string) *ShadowStepStats]
+	// both is set while both arms fail alike (health.Rules.BothUnhealthy),
+	// as this gateway's monitor last judged; bothReason says why.
+	both       atomic.Bool
+	bothReason atomic.Pointer[string]
 
 	mu      sync.Mutex   // guards the fields below
 	rec     state.Switch // last known durable record
@@ -97,9 +109,7 @@ func (sw *Switch) windowsFor(buckets int, width time.Duration) *windows {
 func (sw *Switch) Record() (state.Switch, bool) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	rec := sw.rec
-	rec.History = append([]state.Event(nil), rec.History...)
-	return rec, sw.pending
+	return sw.rec.Copy(), sw.pending
 }
 
 // applyLocked makes rec the switch's state. Callers hold sw.mu.
@@ -108,6 +118,7 @@ func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 	sw.rec = rec
 	sw.pending = pending
 	sw.view.Store(&view{mode: rec.Mode, weight: rec.Weight, threshold: threshold(rec.Weight)})
+	sw.syncStep(rec.Rollout)
 	if h := sw.handler.Load(); h != nil && h.monitor != nil {
 		if rec.Mode != state.ModeLegacy && !h.monitor.Armed() {
 			// Traffic can reach consolidated again (a reset, a half-open
@@ -138,8 +149,7 @@ func (sw *Switch) change(ctx context.Context, app *App, fn func(cur *state.Switc
 func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	next := sw.rec
-	next.History = append([]state.Event(nil), next.History...)
+	next := sw.rec.Copy()
 	if !fn(&next) {
 		return false
 	}
@@ -169,8 +179,7 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 		}
 		if cur.Supersedes(mine) {
 			// Someone wrote after us: re-decide on their record.
-			n := cur
-			n.History = append([]state.Event(nil), cur.History...)
+			n := cur.Copy()
 			if !fn(&n) {
 				return cur, false
 			}
@@ -274,6 +283,7 @@ type switchMetrics struct {
 	replayed, notReplayed map[string]*metrics.Counter
 	trips                 map[string]*metrics.Counter // by rule
 	tripsMu               sync.Mutex
+	rollout               rolloutMetrics
 }
 
 func armIndex(arm string) int {
@@ -313,7 +323,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, r := range skipReasons {
 		m.notReplayed[r] = m.set.NewCounter(fmt.Sprintf(`switchback_replay_decisions_total{switch=%q,replayed="false",reason=%q}`, sw.name, r))
 	}
-	m.set.NewGauge("switchback_weight"+sl, func() float64 { return float64(sw.view.Load().weight) })
+	m.set.NewGauge("switchback_weight"+sl, func() float64 { return sw.view.Load().weight.Percent() })
 	for _, mode := range []state.Mode{state.ModeSplit, state.ModeLegacy, state.ModeConsolidated} {
 		m.set.NewGauge(fmt.Sprintf(`switchback_mode{switch=%q,mode=%q}`, sw.name, mode), func() float64 {
 			if sw.view.Load().mode == mode {
@@ -333,6 +343,8 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, rule := range []string{"error_rate", "latency", "consecutive_failures"} {
 		m.trip(sw.name, rule)
 	}
+	m.addRolloutMetrics(sw)
+	registerRelativeMetrics(m, sw)
 	return m
 }
 

@@ -87,8 +87,7 @@ func startFleet(t *testing.T, addrs ...string) *fleet {
 	return startFleetWith(t, fleetTemplate, addrs...)
 }
 
-// startFleetWith starts one gateway per Consul address in addrs, from a
-// template of fleetTemplate's kind.
+// startFleetWith is startFleet with another Caddyfile template.
 func startFleetWith(t *testing.T, template string, addrs ...string) *fleet {
 	t.Helper()
 	f := &fleet{
@@ -273,7 +272,7 @@ func TestFleetTripReachesAll(t *testing.T) {
 	f := startFleet(t, agent.Addr, agent.Addr, agent.Addr)
 	for i, g := range f.gws {
 		if s := g.Switch(t, "main"); s.Mode != "split" || s.Weight != 50 {
-			t.Fatalf("gw-%d starts %s at %d, want split at 50", i, s.Mode, s.Weight)
+			t.Fatalf("gw-%v starts %s at %v, want split at 50", i, s.Mode, s.Weight)
 		}
 	}
 	f.tripGateway(t, 0)
@@ -374,7 +373,7 @@ func TestFleetLeaderLoss(t *testing.T) {
 		return fleetStoreStatus(t, orphan) == "degraded"
 	})
 	if s := orphan.Switch(t, "main"); s.Mode != "split" || s.Weight != 50 {
-		t.Errorf("gw-%d without its server: %s at %d, want its last known split at 50", leader, s.Mode, s.Weight)
+		t.Errorf("gw-%v without its server: %s at %v, want its last known split at 50", leader, s.Mode, s.Weight)
 	}
 	newLeader := cluster.WaitLeader(t)
 	t.Logf("new leader is server-%d", newLeader)
@@ -400,7 +399,7 @@ func TestFleetLeaderLoss(t *testing.T) {
 		Eventually(t, 20*time.Second, fmt.Sprintf("gw-%d store ok", i), func() bool { return fleetStoreStatus(t, g) == "ok" })
 	}
 	if s := orphan.Switch(t, "main"); s.Weight != 50 {
-		t.Errorf("gw-%d, cut off from Consul, changed to weight %d", leader, s.Weight)
+		t.Errorf("gw-%v, cut off from Consul, changed to weight %v", leader, s.Weight)
 	}
 
 	// Its server back, the orphan converges too.
@@ -469,7 +468,7 @@ func TestFleetConsulOutage(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	for i, g := range f.gws {
 		if s := g.Switch(t, "main"); !fleetTripped(s) {
-			t.Errorf("gw-%d went back to %s at %d", i, s.Mode, s.Weight)
+			t.Errorf("gw-%v went back to %s at %v", i, s.Mode, s.Weight)
 		}
 	}
 }
@@ -612,7 +611,7 @@ func TestFleetStateMigrate(t *testing.T) {
 		Legacy:   legacy, Consolidated: consolidated,
 	})
 	if s := g.Switch(t, "main"); s.Weight != 35 {
-		t.Errorf("gateway on the migrated store: weight %d, want 35", s.Weight)
+		t.Errorf("gateway on the migrated store: weight %v, want 35", s.Weight)
 	}
 }
 
