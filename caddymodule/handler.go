@@ -124,7 +124,7 @@ type Handler struct {
 	maxBody      int64
 	replayUnsafe caddyhttp.MatcherSets
 	shadowRun    *shadowRunner // nil without a shadow block
-	ovr          *overrider // nil without an Override
+	ovr          *overrider    // nil without an Override
 	logger       *zap.Logger
 	ctx          caddy.Context
 	stepGates    []stepGate // conditions on leaving a rollout step, added in Provision (rollout.go)
@@ -338,6 +338,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionShadow(ctx); err != nil {
 		return err
 	}
+	h.addShadowGate()
 	if h.Override != nil {
 		if err := h.startOverride(ctx); err != nil {
 			return err
@@ -375,6 +376,7 @@ func (h *Handler) commit() {
 		sw.win.Store(h.win)
 	}
 	prev := sw.handler.Swap(h)
+	h.publishShadowCounts()
 	if h.signer != nil && prev != nil && prev.signer != nil {
 		// A changed key still accepts the previous one for a while.
 		h.signer.Store(h.signer.Load().after(prev.signer.Load(), time.Now()))

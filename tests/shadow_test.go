@@ -71,10 +71,10 @@ const (
 type shadowArm struct {
 	consolidated  bool
 	mismatchEvery atomic.Int64
-	n            atomic.Int64
-	shadows      atomic.Int64 // requests with X-Switchback-Shadow: 1
-	posts        atomic.Int64 // shadow POSTs
-	sleep        atomic.Int64 // ns to sleep on a shadow request
+	n             atomic.Int64
+	shadows       atomic.Int64 // requests with X-Switchback-Shadow: 1
+	posts         atomic.Int64 // shadow POSTs
+	sleep         atomic.Int64 // ns to sleep on a shadow request
 }
 
 func (a *shadowArm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
