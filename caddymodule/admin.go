@@ -70,6 +70,8 @@ func (app *App) serveAPI(w http.ResponseWriter, r *http.Request, rel string) err
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) >= 3 && parts[2] == "shadow":
+		return app.handleShadow(w, r, parts[1], parts[3:])
 	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
 		return app.handleRollout(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 4 && parts[2] == "override" && parts[3] == "sign":

@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/shadow"
 	"github.com/leanvibe/switchback/state"
 )
 
@@ -52,6 +53,8 @@ type Switch struct {
 	handler atomic.Pointer[Handler]
 
 	metrics *switchMetrics
+
+	shadow atomic.Pointer[shadow.Results] // made on first use: shadowResults
 
 	// step counts the answers at the rollout's current step, nil when no
 	// rollout is under way; rollout is the engine's last view of the step
