@@ -45,22 +45,37 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 const maxBody = 1 << 20
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/switchback/"), "/")
-	parts := strings.Split(path, "/")
-	if parts[0] == "ui" {
-		return serveUI(w, r, parts[1:])
+	rel := strings.TrimPrefix(r.URL.Path, "/switchback/")
+	if rest, ok := strings.CutPrefix(rel, "ui"); ok && (rest == "" || rest[0] == '/') {
+		return serveUI(w, r, uiAdmin, rest)
 	}
 	app, err := activeApp()
 	if err != nil {
 		return err
 	}
+	return app.serveAPI(w, r, rel)
+}
+
+// serveAPI routes one request of the switchback API, rel being its path
+// below the API's root ("switches/main/mode"). The admin endpoint serves
+// it under /switchback/ and the switchback_dashboard handler under api/;
+// the routes and what they do are the same for both.
+func (app *App) serveAPI(w http.ResponseWriter, r *http.Request, rel string) error {
+	path := strings.TrimSuffix(rel, "/")
+	parts := strings.Split(path, "/")
 	switch {
+	case path == "session":
+		return app.handleSession(w, r)
 	case path == "switches":
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) >= 3 && parts[2] == "shadow":
+		return app.handleShadow(w, r, parts[1], parts[3:])
 	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
 		return app.handleRollout(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) == 4 && parts[2] == "override" && parts[3] == "sign":
+		return app.handleOverrideSign(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 3:
 		return app.handleSwitchAction(w, r, parts[1], parts[2])
 	case path == "metrics":
@@ -135,9 +150,13 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// who describes the author of an admin change: the body's "by" if given,
-// and the remote address.
+// who describes the author of a change: on the dashboard, the user that
+// the site's authentication named (see actorFrom); on the admin endpoint,
+// the body's "by" if given, and the remote address.
 func who(r *http.Request, by string) string {
+	if actor, ok := actorFrom(r); ok {
+		return actor
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
@@ -161,6 +180,10 @@ type SwitchStatus struct {
 	// RolloutEvidence is the fleet's evidence at the rollout's current
 	// step, as the engine last summed it.
 	RolloutEvidence *state.Evidence `json:"rollout_evidence,omitempty"`
+	// BothUnhealthy says both arms fail alike, as this gateway judges
+	// now: the relative rules hold, since moving traffic would not help.
+	BothUnhealthy       bool   `json:"both_unhealthy"`
+	BothUnhealthyReason string `json:"both_unhealthy_reason,omitempty"`
 }
 
 // ArmStatus is an arm's window.
@@ -191,6 +214,9 @@ type RuleStatus struct {
 	MinRequests uint64   `json:"min_requests"`
 	Window      string   `json:"window"`
 	AutoRecover bool     `json:"auto_recover,omitempty"`
+	// Relative lists the rules relative to legacy, with the arms'
+	// current ratio.
+	Relative []RelativeRuleStatus `json:"relative,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -235,6 +261,12 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		}
 		if r.ConsecutiveFailures == 0 {
 			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleConsecutiveFailures)
+		}
+		st.Rules.Relative = relativeStatus(h.monitor, now)
+	}
+	if st.BothUnhealthy = sw.both.Load(); st.BothUnhealthy {
+		if why := sw.bothReason.Load(); why != nil {
+			st.BothUnhealthyReason = *why
 		}
 	}
 	return st
