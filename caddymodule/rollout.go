@@ -532,6 +532,11 @@ func (h *Handler) rolloutWrite(ctx context.Context, seen *state.Rollout, want st
 		if !exists || cur.Rollout == nil || cur.Rollout.StepID() != id || cur.Rollout.State != want || cur.Tripped {
 			return cur, false
 		}
+		// The engine pauses a switch moved off its step by hand, and
+		// decides anything else only on a switch still at its step.
+		if onStep := cur.Mode == state.ModeSplit && cur.Weight == cur.Rollout.Weight(); onStep == (kind == "pause") {
+			return cur, false
+		}
 		n := cur.Copy()
 		now := later(cur.Since)
 		d = state.Decision{Kind: kind, At: now, By: "rollout", Gateway: h.app.gateway, From: n.Rollout.Weight(), To: n.Rollout.Weight(), Step: n.Rollout.Step}
