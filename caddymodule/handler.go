@@ -399,6 +399,7 @@ func (h *Handler) commit() {
 		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
 	}
 	if h.Rollout != nil {
+		h.syncPlan(h.ctx) // the record shows the rollout once the config is in force
 		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
 	}
 }
