@@ -363,8 +363,8 @@ type rolloutView struct {
 // fleet, for the config's lifetime. It publishes this gateway's counters
 // and, while the rollout runs, judges the current step on the fleet's.
 func (h *Handler) rolloutLoop(ctx context.Context) {
-	tick := time.NewTicker(rolloutEvery)
-	defer tick.Stop()
+	timer := time.NewTimer(rolloutEvery)
+	defer timer.Stop()
 	var clock stateClock
 	var published time.Time
 	planned := false
@@ -384,11 +384,16 @@ func (h *Handler) rolloutLoop(ctx context.Context) {
 				publishErr = ""
 			}
 		}
-		h.evaluateRollout(ctx, &clock, time.Now(), health.Now())
+		// A hold that ends before the next tick is judged when it ends.
+		wait := rolloutEvery
+		if left := h.evaluateRollout(ctx, &clock, time.Now(), health.Now()); left > 0 && left < wait {
+			wait = left + time.Millisecond
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		}
 	}
 }
@@ -438,15 +443,16 @@ func (sw *Switch) pendingNow() bool {
 
 // evaluateRollout judges the current step once: it records what the step
 // waits for, and advances (or completes) the rollout when nothing does.
-func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall time.Time, mono int64) {
+// It returns how much of the step's hold is left, 0 when none is.
+func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall time.Time, mono int64) (holdLeft time.Duration) {
 	rec, pending := h.sw.Record()
 	ro := rec.Rollout
 	if ro == nil || ro.State != state.RolloutRunning {
 		h.sw.rollout.Store(nil)
-		return
+		return 0
 	}
 	if pending || rec.Tripped {
-		return // a local change (a trip) is on its way to the store first
+		return 0 // a local change (a trip) is on its way to the store first
 	}
 	if rec.Mode != state.ModeSplit || rec.Weight != ro.Weight() {
 		h.rolloutWrite(ctx, ro, state.RolloutRunning, "pause", func(cur *state.Switch, ro *state.Rollout, d *state.Decision) {
@@ -454,14 +460,15 @@ func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall t
 			d.Reason = fmt.Sprintf("the switch was moved by hand to %s at %s%% (by %s), off the step's %s%%: paused", cur.Mode, cur.Weight, cur.By, ro.Weight())
 			cur.Reason = "rollout paused: " + d.Reason
 		})
-		return
+		return 0
 	}
 	ev, err := h.fleetEvidence(ctx, ro)
 	if err != nil {
 		h.sw.rollout.Store(&rolloutView{step: ro.StepID(), waiting: "waiting: the fleet's evidence (" + err.Error() + ")"})
-		return
+		return 0
 	}
 	age := clock.age(ro.StepStarted, wall, mono)
+	holdLeft = max(holdOf(ro)-age, 0)
 	waiting, approval := h.stepWaiting(ro, ev, age)
 	h.sw.rollout.Store(&rolloutView{step: ro.StepID(), waiting: waiting, evidence: ev})
 	switch {
@@ -491,6 +498,7 @@ func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall t
 			cur.Reason = fmt.Sprintf("rollout step %d/%d: %s%%", ro.Step+1, len(ro.Steps), ro.Weight())
 		})
 	}
+	return holdLeft
 }
 
 func roundAge(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
@@ -500,7 +508,11 @@ func roundAge(d time.Duration) time.Duration { return d.Round(10 * time.Millisec
 // next step (approval is then true: everything else is met).
 func (h *Handler) stepWaiting(ro *state.Rollout, ev *state.Evidence, age time.Duration) (waiting string, approval bool) {
 	if hold := holdOf(ro); age < hold {
-		return "waiting: hold " + (hold - age).Round(time.Second).String(), false
+		left := (hold - age).Round(time.Second)
+		if hold-age < time.Second {
+			left = (hold - age).Round(10 * time.Millisecond)
+		}
+		return "waiting: hold " + left.String(), false
 	}
 	if n := ev.Arms[armConsolidated].Requests; n < uint64(ro.MinRequests) {
 		return fmt.Sprintf("waiting: %d/%d requests", n, ro.MinRequests), false
