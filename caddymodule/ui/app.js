@@ -485,8 +485,9 @@ function renderRollout(card, sw) {
   const cur = $("details.current-evidence", box);
   if (cur && open.has("current")) cur.open = true;
   const det = $("details.decisions", box);
+  // The decisions start open; once seen, they stay as the user left them.
   if (det && (open.has("decisions") || !box.dataset.seen)) det.open = true;
-  box.dataset.seen = "1";
+  if (det) box.dataset.seen = "1";
 }
 
 // renderDecision shows one decision: what, when, who, why, and the
