@@ -70,8 +70,12 @@ func (app *App) serveAPI(w http.ResponseWriter, r *http.Request, rel string) err
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) >= 3 && parts[2] == "shadow":
+		return app.handleShadow(w, r, parts[1], parts[3:])
 	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
 		return app.handleRollout(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) == 4 && parts[2] == "override" && parts[3] == "sign":
+		return app.handleOverrideSign(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 3:
 		return app.handleSwitchAction(w, r, parts[1], parts[2])
 	case path == "metrics":
@@ -176,6 +180,10 @@ type SwitchStatus struct {
 	// RolloutEvidence is the fleet's evidence at the rollout's current
 	// step, as the engine last summed it.
 	RolloutEvidence *state.Evidence `json:"rollout_evidence,omitempty"`
+	// BothUnhealthy says both arms fail alike, as this gateway judges
+	// now: the relative rules hold, since moving traffic would not help.
+	BothUnhealthy       bool   `json:"both_unhealthy"`
+	BothUnhealthyReason string `json:"both_unhealthy_reason,omitempty"`
 }
 
 // ArmStatus is an arm's window.
@@ -206,6 +214,9 @@ type RuleStatus struct {
 	MinRequests uint64   `json:"min_requests"`
 	Window      string   `json:"window"`
 	AutoRecover bool     `json:"auto_recover,omitempty"`
+	// Relative lists the rules relative to legacy, with the arms'
+	// current ratio.
+	Relative []RelativeRuleStatus `json:"relative,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -250,6 +261,12 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		}
 		if r.ConsecutiveFailures == 0 {
 			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleConsecutiveFailures)
+		}
+		st.Rules.Relative = relativeStatus(h.monitor, now)
+	}
+	if st.BothUnhealthy = sw.both.Load(); st.BothUnhealthy {
+		if why := sw.bothReason.Load(); why != nil {
+			st.BothUnhealthyReason = *why
 		}
 	}
 	return st

@@ -260,7 +260,7 @@ func errStatus(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, restore.ErrValidationFailed):
 		return StatusValidationFailed
-	case errors.Is(err, restore.ErrVerifyFailed), errors.Is(err, restore.ErrForeignPoint), errors.Is(err, restore.ErrUnfinished):
+	case errors.Is(err, restore.ErrVerifyFailed), errors.Is(err, restore.ErrForeignPoint), errors.Is(err, restore.ErrUnfinished), errors.Is(err, restore.ErrMountPoint):
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, state.ErrUnavailable):
 		return http.StatusServiceUnavailable

@@ -619,7 +619,13 @@ type cookieKey struct {
 // loadSecret reads the shared cookie key from the store, making it if
 // there is none yet.
 func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
-	key := state.Key(state.NSSecrets, "cookie")
+	return a.loadSecretNamed(ctx, "cookie")
+}
+
+// loadSecretNamed reads the shared key secrets/<name> from the store,
+// making a random one of 32 bytes if there is none yet.
+func (a *App) loadSecretNamed(ctx context.Context, name string) ([]byte, error) {
+	key := state.Key(state.NSSecrets, name)
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for range 3 {
@@ -627,7 +633,7 @@ func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
 		if err == nil {
 			secret, err := hex.DecodeString(string(e.Value))
 			if err != nil || len(secret) < 16 {
-				return nil, fmt.Errorf("cookie secret in state store is corrupt; delete key %s to make a new one", key)
+				return nil, fmt.Errorf("%s secret in state store is corrupt; delete key %s to make a new one", name, key)
 			}
 			return secret, nil
 		}
@@ -646,9 +652,9 @@ func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
 		if errors.Is(err, state.ErrUnavailable) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("reading cookie secret: %w", err)
+		return nil, fmt.Errorf("reading %s secret: %w", name, err)
 	}
-	return nil, fmt.Errorf("reading cookie secret: %w", state.ErrConflict)
+	return nil, fmt.Errorf("reading %s secret: %w", name, state.ErrConflict)
 }
 
 // refreshSecret replaces a process-only cookie key with the fleet's, once

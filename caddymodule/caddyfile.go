@@ -54,7 +54,9 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		trip off
 //		trip {
 //			error_rate <percent>|off
+//			error_rate <ratio>x legacy [floor <percent>] [min_requests <n>]
 //			latency p<quantile> <duration>|off
+//			latency p<quantile> <ratio>x legacy [floor <duration>] [min_requests <n>]
 //			consecutive_failures <n>|off
 //			window <duration>
 //			buckets <n>
@@ -80,6 +82,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //			gate <step> manual
 //			on_step|on_complete|on_abort <action>
 //		}
+//		override header|cookie <name> [trusted <cidr|ip|private_ranges>...]
 //	}
 //
 // The arms are parsed like handle blocks, so any handler works inside.
@@ -187,8 +190,16 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			if err := h.unmarshalAutoRecover(d); err != nil {
 				return err
 			}
+		case "shadow":
+			if err := h.unmarshalShadow(d); err != nil {
+				return err
+			}
 		case "rollout":
 			if err := h.unmarshalRollout(d); err != nil {
+				return err
+			}
+		case "override":
+			if err := h.unmarshalOverride(d); err != nil {
 				return err
 			}
 		case "on_trip", "on_recover":
@@ -299,6 +310,16 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		rule := d.Val()
+		if relativeLine(d) {
+			if seen[rule+" legacy"] {
+				return d.Errf("duplicate trip rule '%s ... legacy'", rule)
+			}
+			seen[rule+" legacy"] = true
+			if err := t.unmarshalRelative(d); err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[rule] {
 			return d.Errf("duplicate trip rule '%s'", rule)
 		}
@@ -368,7 +389,7 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 			}
 			t.MinRequests = n
 		default:
-			return d.Errf("unknown trip rule '%s': want error_rate, latency, consecutive_failures, window, buckets or min_requests", rule)
+			return d.Errf("unknown trip rule '%s': want error_rate, latency, consecutive_failures, window, buckets or min_requests (error_rate and latency may also be relative: error_rate 2x legacy)", rule)
 		}
 		if d.NextArg() {
 			return d.ArgErr()
@@ -383,6 +404,9 @@ func (h *Handler) unmarshalTrip(d *caddyfile.Dispenser) error {
 		t.ConsecutiveFailures = DefaultConsecutiveFailures
 	}
 	if err := t.check(); err != nil {
+		return d.Errf("trip: %v", err)
+	}
+	if err := (&Handler{Trip: t}).rules().Validate(); err != nil {
 		return d.Errf("trip: %v", err)
 	}
 	h.Trip = t

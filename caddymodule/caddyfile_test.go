@@ -116,6 +116,19 @@ func TestParseErrors(t *testing.T) {
 		{"every rule off", site("\t\ttrip {\n\t\t\terror_rate off\n\t\t\tconsecutive_failures off\n\t\t}\n"), 6, "every rule is off"},
 		{"off with more", site("\t\ttrip {\n\t\t\tlatency off now\n\t\t}\n"), 4, "latency"},
 		{"window off", site("\t\ttrip {\n\t\t\twindow off\n\t\t}\n"), 4, "window"},
+		{"relative ratio", site("\t\ttrip {\n\t\t\terror_rate two legacy\n\t\t}\n"), 4, "invalid error_rate ratio 'two'"},
+		{"relative ratio below 1", site("\t\ttrip {\n\t\t\terror_rate 0.5x legacy\n\t\t}\n"), 4, "at least 1"},
+		{"relative floor", site("\t\ttrip {\n\t\t\terror_rate 2x legacy floor 0%\n\t\t}\n"), 4, "invalid error_rate legacy floor '0%'"},
+		{"relative floor unsafe", site("\t\ttrip {\n\t\t\terror_rate 2x legacy floor 0.1%\n\t\t}\n"), 5, "would trip on a single failure"},
+		{"relative unknown option", site("\t\ttrip {\n\t\t\terror_rate 2x legacy ceiling 3%\n\t\t}\n"), 4, "unknown error_rate legacy option 'ceiling'"},
+		{"relative option no value", site("\t\ttrip {\n\t\t\terror_rate 2x legacy floor\n\t\t}\n"), 4, "needs a value"},
+		{"relative duplicate", site("\t\ttrip {\n\t\t\terror_rate 2x legacy\n\t\t\terror_rate 3x legacy\n\t\t}\n"), 5, "duplicate trip rule 'error_rate ... legacy'"},
+		{"relative latency no ratio", site("\t\ttrip {\n\t\t\tlatency p99 legacy\n\t\t}\n"), 4, "latency relative to legacy reads"},
+		{"relative latency floor", site("\t\ttrip {\n\t\t\tlatency p99 1.5x legacy floor soon\n\t\t}\n"), 4, "invalid latency legacy floor 'soon'"},
+		{"relative min_requests", site("\t\ttrip {\n\t\t\terror_rate 2x legacy min_requests 0\n\t\t}\n"), 4, "min_requests '0'"},
+		{"override source", site("\t\toverride query x\n"), 3, "unknown override source 'query'"},
+		{"override cidr", site("\t\toverride header X trusted 10.0.0.0/99\n"), 3, "override trusted"},
+		{"duplicate override", site("\t\toverride header X\n\t\toverride cookie y\n"), 4, "duplicate subdirective 'override'"},
 		{"unknown rule", site("\t\ttrip {\n\t\t\tp99_vibes bad\n\t\t}\n"), 4, "unknown trip rule 'p99_vibes'"},
 		{"replay bad", site("\t\treplay_to_legacy maybe\n"), 3, "on or off"},
 		{"replay_max_body bad", site("\t\treplay_max_body lots\n"), 3, "replay_max_body"},
@@ -170,6 +183,8 @@ func FuzzParse(f *testing.F) {
 	f.Add("replay_unsafe *\n")
 	f.Add("replay_unsafe\n")
 	f.Add("rollout {\nsteps 1% 5% 100%\nhold 1s\nmin_requests 10\ngate 5% manual\n}\n")
+	f.Add("trip {\nerror_rate 2x legacy floor 2% min_requests 50\nlatency p99 1.5x legacy floor 20ms\nerror_rate 5%\n}\n")
+	f.Add("trip {\nlatency legacy\nerror_rate legacy legacy\n}\n")
 	f.Fuzz(func(t *testing.T, body string) {
 		src := "switchback main {\n" + body + "\n}\n"
 		d := caddyfile.NewTestDispenser(src)

@@ -552,6 +552,9 @@ func printSwitches(w io.Writer, st SwitchesStatus) {
 		if s.LegacyUnhealthy {
 			fmt.Fprintf(w, "\t!! LEGACY ALSO UNHEALTHY: %s\n", s.LegacyUnhealthyReason)
 		}
+		if s.BothUnhealthy {
+			fmt.Fprintf(w, "\t!! BOTH ARMS UNHEALTHY (relative rules hold): %s\n", s.BothUnhealthyReason)
+		}
 		if s.Rules != nil {
 			fmt.Fprintf(w, "\ttrip: %s\n", describeRules(s.Rules))
 		}
@@ -579,6 +582,7 @@ func describeRules(r *RuleStatus) string {
 	rule("error_rate", r.ErrorRate > 0, strconv.FormatFloat(r.ErrorRate*100, 'f', -1, 64)+"%")
 	rule("latency", r.LatencyQuantile > 0, "p"+strconv.FormatFloat(r.LatencyQuantile*100, 'f', -1, 64)+" "+strconv.FormatFloat(r.LatencyMS, 'f', -1, 64)+"ms")
 	rule("consecutive_failures", r.ConsecutiveFailures > 0, strconv.FormatUint(r.ConsecutiveFailures, 10))
+	parts = append(parts, describeRelative(r.Relative)...)
 	s := strings.Join(parts, ", ") + " (window " + r.Window
 	if r.MinRequests > 0 {
 		s += ", min_requests " + strconv.FormatUint(r.MinRequests, 10)

@@ -24,7 +24,9 @@ const (
 	taskCacheWriter  = "cache_writer"
 	taskSecret       = "cookie_secret_refresh"
 	taskRecovery     = "restore_recovery"
+	taskShadow       = "shadow"
 	taskRollout      = "rollout"
+	taskOverrideKey  = "override_key"
 )
 
 // goroutinePanics counts, by task, the panics recovered in switchback's
@@ -35,7 +37,7 @@ const (
 var goroutinePanics = func() *metrics.Set {
 	s := metrics.NewSet()
 	for _, task := range []string{taskProbe, taskMonitor, taskLegacyWatch, taskAutoRecover, taskTrip, taskActions,
-		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout} {
+		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout, taskShadow} {
 		s.GetOrCreateCounter(panicSeries(task))
 	}
 	return s

@@ -97,9 +97,16 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Shadow, if set, sends copies of a share of the requests to the arm
+	// that did not serve them and compares the answers (see shadow.go).
+	Shadow *Shadow `json:"shadow,omitempty"`
+
 	// Rollout, if set, walks the weight through steps (see Rollout). Nil
 	// means the weight moves only by hand.
 	Rollout *Rollout `json:"rollout,omitempty"`
+	// Override, if set, lets testers name the arm of a request in a
+	// header or cookie (see Override). Nil means no request can.
+	Override *Override `json:"override,omitempty"`
 
 	legacy       caddyhttp.MiddlewareHandler
 	consolidated caddyhttp.MiddlewareHandler
@@ -116,6 +123,8 @@ type Handler struct {
 	replay       bool
 	maxBody      int64
 	replayUnsafe caddyhttp.MatcherSets
+	shadowRun    *shadowRunner // nil without a shadow block
+	ovr          *overrider    // nil without an Override
 	logger       *zap.Logger
 	ctx          caddy.Context
 	stepGates    []stepGate // conditions on leaving a rollout step, added in Provision (rollout.go)
@@ -170,8 +179,15 @@ type Trip struct {
 	Buckets int            `json:"buckets,omitempty"`
 
 	// MinRequests is how many requests the window must hold before the
-	// rate and latency rules may fire (default 20).
+	// rate and latency rules may fire (default 20). The rules relative to
+	// legacy ask it of each arm's window.
 	MinRequests int `json:"min_requests,omitempty"`
+
+	// RelativeErrorRate and RelativeLatency compare consolidated with
+	// legacy ("error_rate 2x legacy", "latency p99 1.5x legacy"). They
+	// are off unless given, and work beside the rules above.
+	RelativeErrorRate *RelativeErrorRate `json:"relative_error_rate,omitempty"`
+	RelativeLatency   *RelativeLatency   `json:"relative_latency,omitempty"`
 }
 
 // tripRules are the names of the rules a Trip can turn off.
@@ -202,7 +218,7 @@ func (t *Trip) check() error {
 			return fmt.Errorf("%s is both set and turned off", r)
 		}
 	}
-	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] {
+	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] && !t.relative() {
 		return fmt.Errorf("every rule is off: write 'trip off' (\"off\": true) to watch without tripping")
 	}
 	return nil
@@ -319,6 +335,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
+	if err := h.provisionShadow(ctx); err != nil {
+		return err
+	}
+	h.addShadowGate()
+	if h.Override != nil {
+		if err := h.startOverride(ctx); err != nil {
+			return err
+		}
+	}
 	if h.Probe != nil && ctx.Value(caddyhttp.ServerCtxKey) == nil {
 		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
 	}
@@ -330,6 +355,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Consolidated: h.win.consolidated,
 		Legacy:       h.win.legacy,
 		OnTrip:       h.tripped,
+
+		OnBothUnhealthy: h.bothUnhealthy,
+		BothUnhealthy:   sw.both.Load(),
 	})
 	return nil
 }
@@ -348,6 +376,7 @@ func (h *Handler) commit() {
 		sw.win.Store(h.win)
 	}
 	prev := sw.handler.Swap(h)
+	h.publishShadowCounts()
 	if h.signer != nil && prev != nil && prev.signer != nil {
 		// A changed key still accepts the previous one for a while.
 		h.signer.Store(h.signer.Load().after(prev.signer.Load(), time.Now()))
@@ -355,6 +384,8 @@ func (h *Handler) commit() {
 	if h.Trip == nil || !h.Trip.Off {
 		goLoop(h.ctx, h.logger, taskMonitor, h.monitor.Run)
 		goLoop(h.ctx, h.logger, taskLegacyWatch, h.legacyWatchLoop)
+	} else if sw.both.Load() {
+		h.bothUnhealthy(false, "", health.Comparison{}) // no monitor runs to judge it
 	}
 	if h.Probe != nil {
 		if err := h.startProbe(h.ctx); err != nil {
@@ -423,6 +454,14 @@ func (h *Handler) checkConfig() error {
 	}
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
+	if err := h.Shadow.check(); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
+	}
+	if h.Override != nil {
+		if err := h.Override.check(h.sticky()); err != nil {
+			return fmt.Errorf("switch %s: %w", h.Name, err)
+		}
 	}
 	if p := h.Probe; p != nil {
 		if p.Arm != armLegacy && p.Arm != armConsolidated {
@@ -567,9 +606,10 @@ func (h *Handler) rules() compiledRules {
 	if t.Buckets != 0 {
 		r.buckets = t.Buckets
 	}
+	t.relativeRules(&r.Rules)
 	if t.MinRequests != 0 {
 		r.MinRequests = uint64(max(t.MinRequests, 0))
-	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 {
+	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 && !r.Relative() {
 		r.MinRequests = 0 // nothing to gate
 	}
 	return r
@@ -578,9 +618,22 @@ func (h *Handler) rules() compiledRules {
 // ServeHTTP picks an arm and serves the request there, replaying a failed
 // consolidated answer on legacy when it can.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.ovr != nil {
+		if arm, ok := h.ovr.arm(r, time.Now()); ok {
+			return h.serveOverride(arm, w, r, next, repl)
+		}
+	}
 	v := h.sw.view.Load()
 	consolidated := h.pick(v, w, r)
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.shadowRun != nil && h.shadowRun.sample(v, consolidated, r) {
+		return h.serveShadowed(consolidated, w, r, next, repl)
+	}
+	return h.serveArm(consolidated, w, r, next, repl)
+}
+
+// serveArm serves the request on the arm picked.
+func (h *Handler) serveArm(consolidated bool, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
 	if !consolidated {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/shadow"
 	"github.com/leanvibe/switchback/state"
 )
 
@@ -53,6 +54,8 @@ type Switch struct {
 
 	metrics *switchMetrics
 
+	shadow atomic.Pointer[shadow.Results] // made on first use: shadowResults
+
 	// step counts the answers at the rollout's current step, nil when no
 	// rollout is under way; rollout is the engine's last view of the step
 	// (rollout.go); shadowCounts reports shadow's counts at a step, nil
@@ -60,6 +63,10 @@ type Switch struct {
 	step         atomic.Pointer[stepTally]
 	rollout      atomic.Pointer[rolloutView]
 	shadowCounts atomic.Pointer[func(stepID string) *ShadowStepStats]
+	// both is set while both arms fail alike (health.Rules.BothUnhealthy),
+	// as this gateway's monitor last judged; bothReason says why.
+	both       atomic.Bool
+	bothReason atomic.Pointer[string]
 
 	mu      sync.Mutex   // guards the fields below
 	rec     state.Switch // last known durable record
@@ -337,6 +344,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 		m.trip(sw.name, rule)
 	}
 	m.addRolloutMetrics(sw)
+	registerRelativeMetrics(m, sw)
 	return m
 }
 

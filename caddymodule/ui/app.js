@@ -689,7 +689,7 @@ async function pollPoints() {
     el("tr", { dataset: { point: p.id } },
       el("td", { className: "mono", text: p.id, title: p.metadata ? JSON.stringify(p.metadata) : "" }),
       el("td", { text: p.type + (p.components && p.components.length ? ` (${p.components.join(", ")})` : "") }),
-      el("td", { className: "host", text: p.host || "", title: p.host_id ? `host id ${p.host_id}` : "" }),
+      el("td", { className: "host", text: p.host || "", title: p.host_id ? `host id ${p.host_id}: its objects are on that host's disk` : "" }),
       el("td", { title: stamp(p.created) }, el("time", { datetime: p.created, text: ago(p.created) })),
       el("td", { className: "num", text: humanSize(p.size) }),
       el("td", { className: "num", text: p.files.toLocaleString() }),
