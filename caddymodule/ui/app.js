@@ -597,7 +597,7 @@ function renderSamples(route, direction) {
       return el("article", { className: "sample" },
         el("p", { className: "muted" }, el("span", { className: "mono", text: s.request }), ` · ${ago(s.at)} · differs in `, el("span", { className: "mono", text: diffs.join(", ") || "nothing" })),
         el("div", { className: "side-by-side" },
-          answerView("served", s.serving, diffs),
+          answerView(ARMS.includes(direction) ? `served (${ARMS.find((a) => a !== direction)})` : "served", s.serving, diffs),
           answerView(`shadow (${direction || "other arm"})`, s.shadow, diffs)));
     }));
 }
