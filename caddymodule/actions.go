@@ -68,7 +68,12 @@ func (a Action) check() error {
 
 // runActions runs a list of actions in order. A failing action is logged
 // and the next one still runs: a broken webhook must not stop a restore.
+//
+// The actions belong to the event, not to the config that saw it: they run
+// to their end (each is bounded by its own timeout) though a reload cancels
+// ctx meanwhile. Only ctx's values are kept.
 func (h *Handler) runActions(ctx context.Context, list string, actions []Action, event map[string]any) {
+	ctx = context.WithoutCancel(ctx)
 	for i, a := range actions {
 		log := h.logger.With(zap.String("actions", list), zap.Int("action", i))
 		var err error

@@ -59,6 +59,10 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
+		return app.handleRollout(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) == 4 && parts[2] == "override" && parts[3] == "sign":
+		return app.handleOverrideSign(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 3:
 		return app.handleSwitchAction(w, r, parts[1], parts[2])
 	case path == "metrics":
@@ -155,6 +159,14 @@ type SwitchStatus struct {
 	Pending bool                 `json:"pending,omitempty"` // not yet in the store
 	Arms    map[string]ArmStatus `json:"arms,omitempty"`
 	Rules   *RuleStatus          `json:"rules,omitempty"`
+
+	// RolloutEvidence is the fleet's evidence at the rollout's current
+	// step, as the engine last summed it.
+	RolloutEvidence *state.Evidence `json:"rollout_evidence,omitempty"`
+	// BothUnhealthy says both arms fail alike, as this gateway judges
+	// now: the relative rules hold, since moving traffic would not help.
+	BothUnhealthy       bool   `json:"both_unhealthy"`
+	BothUnhealthyReason string `json:"both_unhealthy_reason,omitempty"`
 }
 
 // ArmStatus is an arm's window.
@@ -185,6 +197,9 @@ type RuleStatus struct {
 	MinRequests uint64   `json:"min_requests"`
 	Window      string   `json:"window"`
 	AutoRecover bool     `json:"auto_recover,omitempty"`
+	// Relative lists the rules relative to legacy, with the arms'
+	// current ratio.
+	Relative []RelativeRuleStatus `json:"relative,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -194,7 +209,8 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 	if !detail {
 		rec.History = nil
 	}
-	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}}
+	sw.rolloutStatus(&rec)
+	st := SwitchStatus{Switch: rec, Pending: pending, Arms: map[string]ArmStatus{}, RolloutEvidence: sw.rolloutEvidence(rec.Rollout)}
 	now := health.Now()
 	h := sw.handler.Load()
 	if win := sw.win.Load(); win != nil {
@@ -228,6 +244,12 @@ func (a *App) switchStatus(sw *Switch, detail bool) SwitchStatus {
 		}
 		if r.ConsecutiveFailures == 0 {
 			st.Rules.RulesOff = append(st.Rules.RulesOff, health.RuleConsecutiveFailures)
+		}
+		st.Rules.Relative = relativeStatus(h.monitor, now)
+	}
+	if st.BothUnhealthy = sw.both.Load(); st.BothUnhealthy {
+		if why := sw.bothReason.Load(); why != nil {
+			st.BothUnhealthyReason = *why
 		}
 	}
 	return st
@@ -278,14 +300,14 @@ func switchChange(action string, req changeRequest, by, gateway string, now time
 		if err != nil {
 			return nil, apiErr(http.StatusBadRequest, "%v", err)
 		}
-		weight := -1
-		if len(req.Weight) > 0 {
+		weight, given := state.Weight(0), len(req.Weight) > 0
+		if given {
 			if weight, err = parseWeight(req.Weight); err != nil {
 				return nil, err
 			}
 		}
 		return func(cur *state.Switch) bool {
-			if weight >= 0 {
+			if given {
 				cur.Weight = weight
 			} else if mode != state.ModeLegacy && cur.Tripped {
 				cur.Weight = cur.RecoverWeight
@@ -295,7 +317,7 @@ func switchChange(action string, req changeRequest, by, gateway string, now time
 		}, nil
 	case "weight":
 		if len(req.Weight) == 0 {
-			return nil, apiErr(http.StatusBadRequest, `missing weight: send {"weight": N} with N from 0 to 100`)
+			return nil, apiErr(http.StatusBadRequest, `missing weight: send {"weight": N} with N a percent from 0 to 100, like 25 or 0.5`)
 		}
 		if req.Mode != "" {
 			return nil, apiErr(http.StatusBadRequest, "set the mode with the mode action, not weight")
@@ -337,19 +359,14 @@ type changeRequest struct {
 	By     string          `json:"by,omitempty"`
 }
 
-// parseWeight reads a weight that must be a whole number from 0 to 100.
-func parseWeight(raw json.RawMessage) (int, error) {
-	var f float64
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return 0, apiErr(http.StatusBadRequest, "invalid weight %s: must be a whole number from 0 to 100", raw)
-	}
-	if f != float64(int(f)) {
-		return 0, apiErr(http.StatusBadRequest, "invalid weight %s: must be a whole number from 0 to 100", raw)
-	}
-	if err := state.CheckWeight(int(f)); err != nil {
+// parseWeight reads a weight: a JSON number of percent from 0 to 100 with
+// at most two decimals (25, 0.5, 12.25).
+func parseWeight(raw json.RawMessage) (state.Weight, error) {
+	var w state.Weight
+	if err := json.Unmarshal(raw, &w); err != nil {
 		return 0, apiErr(http.StatusBadRequest, "%v", err)
 	}
-	return int(f), nil
+	return w, nil
 }
 
 // POST /switchback/switches/{name}/{mode|weight|reset}

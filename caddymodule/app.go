@@ -313,8 +313,7 @@ func (a *App) configure(ctx context.Context, sw *Switch, h *Handler) error {
 	cfgWeight := h.Weight
 	now := time.Now().UTC()
 	decide := func(cur state.Switch, exists bool) (state.Switch, bool) {
-		n := cur
-		n.History = append([]state.Event(nil), cur.History...)
+		n := cur.Copy()
 		var what string
 		switch {
 		case !exists:
@@ -497,8 +496,10 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	mine, _ := sw.Record()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	held := false // the store already holds what mine says
 	rec, err := state.UpdateSwitch(wctx, a.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
-		if exists && !mine.Supersedes(cur) {
+		held = exists && sameIntent(cur, mine)
+		if exists && (held || !mine.Supersedes(cur)) {
 			return cur, false
 		}
 		return mine, true
@@ -513,12 +514,12 @@ func (a *App) writeBack(ctx context.Context, sw *Switch) bool {
 	sw.mu.Lock()
 	// A change made here while the write was in flight (a trip, say) is
 	// newer than rec and stays, pending, for its own write.
-	if !sw.rec.Supersedes(rec) {
+	if (held && sameIntent(sw.rec, rec)) || !sw.rec.Supersedes(rec) {
 		sw.applyLocked(rec, false)
 	}
 	sw.mu.Unlock()
 	a.cache.touch()
-	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Int("weight", rec.Weight))
+	a.logger.Info("reconciled switch state with store", zap.String("switch", sw.name), zap.String("mode", string(rec.Mode)), zap.Stringer("weight", rec.Weight))
 	return true
 }
 
@@ -618,7 +619,13 @@ type cookieKey struct {
 // loadSecret reads the shared cookie key from the store, making it if
 // there is none yet.
 func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
-	key := state.Key(state.NSSecrets, "cookie")
+	return a.loadSecretNamed(ctx, "cookie")
+}
+
+// loadSecretNamed reads the shared key secrets/<name> from the store,
+// making a random one of 32 bytes if there is none yet.
+func (a *App) loadSecretNamed(ctx context.Context, name string) ([]byte, error) {
+	key := state.Key(state.NSSecrets, name)
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for range 3 {
@@ -626,7 +633,7 @@ func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
 		if err == nil {
 			secret, err := hex.DecodeString(string(e.Value))
 			if err != nil || len(secret) < 16 {
-				return nil, fmt.Errorf("cookie secret in state store is corrupt; delete key %s to make a new one", key)
+				return nil, fmt.Errorf("%s secret in state store is corrupt; delete key %s to make a new one", name, key)
 			}
 			return secret, nil
 		}
@@ -645,9 +652,9 @@ func (a *App) loadSecret(ctx context.Context) ([]byte, error) {
 		if errors.Is(err, state.ErrUnavailable) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("reading cookie secret: %w", err)
+		return nil, fmt.Errorf("reading %s secret: %w", name, err)
 	}
-	return nil, fmt.Errorf("reading cookie secret: %w", state.ErrConflict)
+	return nil, fmt.Errorf("reading %s secret: %w", name, state.ErrConflict)
 }
 
 // refreshSecret replaces a process-only cookie key with the fleet's, once

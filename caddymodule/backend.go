@@ -30,6 +30,7 @@ import (
 type backend interface {
 	Switches(ctx context.Context) (SwitchesStatus, error)
 	ChangeSwitch(ctx context.Context, name, action string, req changeRequest) (SwitchStatus, error)
+	Rollout(ctx context.Context, name string, req rolloutRequest) (SwitchStatus, error)
 	CreatePoint(ctx context.Context, req CreatePointRequest) (restore.Point, error)
 	ListPoints(ctx context.Context, limit int, typ string) ([]restore.Point, error)
 	VerifyPoint(ctx context.Context, id string, req VerifyRequest) (restore.VerifyReport, error)
@@ -289,7 +290,7 @@ func (b *offlineBackend) ChangeSwitch(ctx context.Context, name, action string, 
 		return SwitchStatus{}, err
 	}
 	rec, err := state.UpdateSwitch(ctx, b.app.store, name, func(cur state.Switch, _ bool) (state.Switch, bool) {
-		cur.History = append([]state.Event(nil), cur.History...)
+		cur = cur.Copy()
 		return cur, fn(&cur)
 	})
 	rec.History = nil
@@ -383,7 +384,7 @@ func forceLegacyInStore(ctx context.Context, st state.Store, reason, by, gateway
 			if cur.Mode == state.ModeLegacy {
 				return cur, false
 			}
-			cur.History = append([]state.Event(nil), cur.History...)
+			cur = cur.Copy()
 			setMode(&cur, state.ModeLegacy, reason, by, gateway, now)
 			return cur, true
 		})

@@ -81,10 +81,28 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"weight 101", site("\t\tweight 101\n"), 3, "between 0 and 100"},
 		{"weight -1", site("\t\tweight -1\n"), 3, "between 0 and 100"},
-		{"weight abc", site("\t\tweight abc\n"), 3, "whole number"},
+		{"weight abc", site("\t\tweight abc\n"), 3, "number of percent"},
+		{"weight 3 decimals", site("\t\tweight 0.125\n"), 3, "more than 2 decimals"},
+		{"weight exponent", site("\t\tweight 1e1\n"), 3, "number of percent"},
 		{"unknown mode", site("\t\tmode sideways\n"), 3, "unknown mode"},
 		{"unknown subdirective", site("\t\tfrobnicate on\n"), 3, "unrecognized switchback subdirective 'frobnicate'"},
 		{"duplicate weight", site("\t\tweight 1\n\t\tweight 2\n"), 4, "duplicate subdirective 'weight'"},
+		{"rollout no steps", site("\t\trollout {\n\t\t\thold 1m\n\t\t}\n"), 5, "rollout needs steps"},
+		{"rollout steps decrease", site("\t\trollout {\n\t\t\tsteps 5% 1%\n\t\t}\n"), 4, "steps must increase"},
+		{"rollout steps equal", site("\t\trollout {\n\t\t\tsteps 5% 5\n\t\t}\n"), 4, "steps must increase"},
+		{"rollout step 0", site("\t\trollout {\n\t\t\tsteps 0 5%\n\t\t}\n"), 4, "above 0%"},
+		{"rollout step 101", site("\t\trollout {\n\t\t\tsteps 5% 101%\n\t\t}\n"), 4, "between 0 and 100"},
+		{"rollout step decimals", site("\t\trollout {\n\t\t\tsteps 0.125%\n\t\t}\n"), 4, "more than 2 decimals"},
+		{"rollout gate not a step", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 20% manual\n\t\t}\n"), 6, "not one of the steps"},
+		{"rollout gate first", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 5% manual\n\t\t}\n"), 6, "first step"},
+		{"rollout gate kind", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 50% auto\n\t\t}\n"), 5, "gate <step> manual"},
+		{"rollout gate twice", site("\t\trollout {\n\t\t\tsteps 5% 50%\n\t\t\tgate 50% manual\n\t\t\tgate 50 manual\n\t\t}\n"), 6, "given twice"},
+		{"rollout hold bad", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\thold soon\n\t\t}\n"), 5, "invalid hold"},
+		{"rollout min_requests bad", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\tmin_requests -3\n\t\t}\n"), 5, "invalid min_requests"},
+		{"rollout unknown option", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\tspeed fast\n\t\t}\n"), 5, "unknown rollout option 'speed'"},
+		{"rollout duplicate hold", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\thold 1m\n\t\t\thold 2m\n\t\t}\n"), 6, "duplicate rollout option 'hold'"},
+		{"rollout twice", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t}\n\t\trollout {\n\t\t\tsteps 5%\n\t\t}\n"), 6, "duplicate subdirective 'rollout'"},
+		{"rollout bad action", site("\t\trollout {\n\t\t\tsteps 5%\n\t\t\ton_step shout loud\n\t\t}\n"), 5, "unknown action 'shout'"},
 		{"sticky unknown", site("\t\tsticky ear\n"), 3, "unknown sticky source"},
 		{"sticky header no name", site("\t\tsticky header\n"), 3, "header name"},
 		{"error_rate 150%", site("\t\ttrip {\n\t\t\terror_rate 150%\n\t\t}\n"), 4, "error_rate"},
@@ -98,6 +116,19 @@ func TestParseErrors(t *testing.T) {
 		{"every rule off", site("\t\ttrip {\n\t\t\terror_rate off\n\t\t\tconsecutive_failures off\n\t\t}\n"), 6, "every rule is off"},
 		{"off with more", site("\t\ttrip {\n\t\t\tlatency off now\n\t\t}\n"), 4, "latency"},
 		{"window off", site("\t\ttrip {\n\t\t\twindow off\n\t\t}\n"), 4, "window"},
+		{"relative ratio", site("\t\ttrip {\n\t\t\terror_rate two legacy\n\t\t}\n"), 4, "invalid error_rate ratio 'two'"},
+		{"relative ratio below 1", site("\t\ttrip {\n\t\t\terror_rate 0.5x legacy\n\t\t}\n"), 4, "at least 1"},
+		{"relative floor", site("\t\ttrip {\n\t\t\terror_rate 2x legacy floor 0%\n\t\t}\n"), 4, "invalid error_rate legacy floor '0%'"},
+		{"relative floor unsafe", site("\t\ttrip {\n\t\t\terror_rate 2x legacy floor 0.1%\n\t\t}\n"), 5, "would trip on a single failure"},
+		{"relative unknown option", site("\t\ttrip {\n\t\t\terror_rate 2x legacy ceiling 3%\n\t\t}\n"), 4, "unknown error_rate legacy option 'ceiling'"},
+		{"relative option no value", site("\t\ttrip {\n\t\t\terror_rate 2x legacy floor\n\t\t}\n"), 4, "needs a value"},
+		{"relative duplicate", site("\t\ttrip {\n\t\t\terror_rate 2x legacy\n\t\t\terror_rate 3x legacy\n\t\t}\n"), 5, "duplicate trip rule 'error_rate ... legacy'"},
+		{"relative latency no ratio", site("\t\ttrip {\n\t\t\tlatency p99 legacy\n\t\t}\n"), 4, "latency relative to legacy reads"},
+		{"relative latency floor", site("\t\ttrip {\n\t\t\tlatency p99 1.5x legacy floor soon\n\t\t}\n"), 4, "invalid latency legacy floor 'soon'"},
+		{"relative min_requests", site("\t\ttrip {\n\t\t\terror_rate 2x legacy min_requests 0\n\t\t}\n"), 4, "min_requests '0'"},
+		{"override source", site("\t\toverride query x\n"), 3, "unknown override source 'query'"},
+		{"override cidr", site("\t\toverride header X trusted 10.0.0.0/99\n"), 3, "override trusted"},
+		{"duplicate override", site("\t\toverride header X\n\t\toverride cookie y\n"), 4, "duplicate subdirective 'override'"},
 		{"unknown rule", site("\t\ttrip {\n\t\t\tp99_vibes bad\n\t\t}\n"), 4, "unknown trip rule 'p99_vibes'"},
 		{"replay bad", site("\t\treplay_to_legacy maybe\n"), 3, "on or off"},
 		{"replay_max_body bad", site("\t\treplay_max_body lots\n"), 3, "replay_max_body"},
@@ -151,6 +182,9 @@ func FuzzParse(f *testing.F) {
 	f.Add("replay_unsafe @orders\nreplay_unsafe /api/orders*\n")
 	f.Add("replay_unsafe *\n")
 	f.Add("replay_unsafe\n")
+	f.Add("rollout {\nsteps 1% 5% 100%\nhold 1s\nmin_requests 10\ngate 5% manual\n}\n")
+	f.Add("trip {\nerror_rate 2x legacy floor 2% min_requests 50\nlatency p99 1.5x legacy floor 20ms\nerror_rate 5%\n}\n")
+	f.Add("trip {\nlatency legacy\nerror_rate legacy legacy\n}\n")
 	f.Fuzz(func(t *testing.T, body string) {
 		src := "switchback main {\n" + body + "\n}\n"
 		d := caddyfile.NewTestDispenser(src)
@@ -158,5 +192,31 @@ func FuzzParse(f *testing.F) {
 		_ = h.UnmarshalCaddyfile(d)
 		g := caddyfile.NewTestDispenser("switchback {\n" + body + "\n}\n")
 		_, _ = parseGlobal(g, nil)
+	})
+}
+
+// FuzzParseRollout feeds arbitrary rollout blocks to the parser: it may
+// refuse them, but must never panic, and what it accepts is a valid
+// rollout (steps increasing in (0,100], gates among them).
+func FuzzParseRollout(f *testing.F) {
+	for _, s := range []string{
+		"steps 1% 5% 25% 50% 100%\nhold 5m\nmin_requests 500\ngate 50% manual",
+		"steps 0.1 1 100\nmin_requests off\non_step webhook https://x.example/h",
+		"steps 5% 1%", "steps\n", "gate 5% manual\nsteps 5", "steps 0.001%", "steps 1e1", "hold 0\nsteps 1",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		d := caddyfile.NewTestDispenser("switchback main {\nrollout {\n" + body + "\n}\n}\n")
+		var h Handler
+		if h.UnmarshalCaddyfile(d) != nil || h.Rollout == nil {
+			return
+		}
+		if err := h.Rollout.check(); err != nil {
+			t.Fatalf("accepted an invalid rollout %+v: %v", h.Rollout, err)
+		}
+		if err := h.Rollout.plan().Check(); err != nil {
+			t.Fatalf("accepted rollout's plan is invalid: %v", err)
+		}
 	})
 }

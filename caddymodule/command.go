@@ -428,10 +428,9 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 }
 
 func trafficCommand(cmd *cobra.Command) {
-	var weight int
-	var reason, name string
+	var weight, reason, name string
 	flags := func(f *pflag.FlagSet) {
-		f.IntVar(&weight, "weight", -1, "percent of users sent to consolidated, 0 to 100")
+		f.StringVar(&weight, "weight", "", "percent of users sent to consolidated, 0 to 100 in steps of 0.01 (25, 0.5 or 0.5%)")
 		f.StringVar(&reason, "reason", "", "why, for the record")
 		f.StringVar(&name, "switch", "", "the switch to change (default: every switch)")
 	}
@@ -468,14 +467,15 @@ func trafficCommand(cmd *cobra.Command) {
 			if action == "mode" {
 				req.Mode = mode
 			}
-			if weight != -1 {
+			if weight != "" {
 				if mode != "split" {
 					return usagef("--weight goes with split")
 				}
-				if err := state.CheckWeight(weight); err != nil {
-					return usagef("%v", err)
+				w, err := state.ParseWeight(weight)
+				if err != nil {
+					return usagef("--weight: %v", err)
 				}
-				req.Weight = json.RawMessage(fmt.Sprint(weight))
+				req.Weight = json.RawMessage(w.String())
 			}
 			b, err := c.open(ctx, nil)
 			if err != nil {
@@ -508,7 +508,7 @@ func trafficCommand(cmd *cobra.Command) {
 			}
 			c.print(results, func(w io.Writer) {
 				for _, s := range results {
-					fmt.Fprintf(w, "%s\tnow %s\tweight %d%%\t(%s)\n", s.Name, s.Mode, s.Weight, b.Where())
+					fmt.Fprintf(w, "%s\tnow %s\tweight %s%%\t(%s)\n", s.Name, s.Mode, s.Weight, b.Where())
 				}
 			})
 			return errors.Join(errs...)
@@ -544,13 +544,19 @@ func printSwitches(w io.Writer, st SwitchesStatus) {
 			}
 			return fmt.Sprintf("%.1f%% / %.0fms (n=%d)", a.ErrorRate*100, a.P99, a.Requests)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d%%\t%s\t%s\t%s by %s: %s\n", s.Name, mode, s.Weight, arm(armLegacy), arm(armConsolidated),
+		fmt.Fprintf(w, "%s\t%s\t%s%%\t%s\t%s\t%s by %s: %s\n", s.Name, mode, s.Weight, arm(armLegacy), arm(armConsolidated),
 			s.Since.Local().Format(time.DateTime), s.By, s.Reason)
 		if s.LegacyUnhealthy {
 			fmt.Fprintf(w, "\t!! LEGACY ALSO UNHEALTHY: %s\n", s.LegacyUnhealthyReason)
 		}
+		if s.BothUnhealthy {
+			fmt.Fprintf(w, "\t!! BOTH ARMS UNHEALTHY (relative rules hold): %s\n", s.BothUnhealthyReason)
+		}
 		if s.Rules != nil {
 			fmt.Fprintf(w, "\ttrip: %s\n", describeRules(s.Rules))
+		}
+		if s.Rollout != nil {
+			fmt.Fprintf(w, "\t%s\n", rolloutLine(s.Rollout))
 		}
 	}
 }
@@ -573,6 +579,7 @@ func describeRules(r *RuleStatus) string {
 	rule("error_rate", r.ErrorRate > 0, strconv.FormatFloat(r.ErrorRate*100, 'f', -1, 64)+"%")
 	rule("latency", r.LatencyQuantile > 0, "p"+strconv.FormatFloat(r.LatencyQuantile*100, 'f', -1, 64)+" "+strconv.FormatFloat(r.LatencyMS, 'f', -1, 64)+"ms")
 	rule("consecutive_failures", r.ConsecutiveFailures > 0, strconv.FormatUint(r.ConsecutiveFailures, 10))
+	parts = append(parts, describeRelative(r.Relative)...)
 	s := strings.Join(parts, ", ") + " (window " + r.Window
 	if r.MinRequests > 0 {
 		s += ", min_requests " + strconv.FormatUint(r.MinRequests, 10)

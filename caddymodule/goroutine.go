@@ -24,6 +24,8 @@ const (
 	taskCacheWriter  = "cache_writer"
 	taskSecret       = "cookie_secret_refresh"
 	taskRecovery     = "restore_recovery"
+	taskRollout      = "rollout"
+	taskOverrideKey  = "override_key"
 )
 
 // goroutinePanics counts, by task, the panics recovered in switchback's
@@ -34,7 +36,7 @@ const (
 var goroutinePanics = func() *metrics.Set {
 	s := metrics.NewSet()
 	for _, task := range []string{taskProbe, taskMonitor, taskLegacyWatch, taskAutoRecover, taskTrip, taskActions,
-		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery} {
+		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout} {
 		s.GetOrCreateCounter(panicSeries(task))
 	}
 	return s

@@ -46,9 +46,10 @@ type Handler struct {
 	Mode string `json:"mode,omitempty"`
 
 	// Weight is the initial percent of sticky keys sent to consolidated in
-	// split mode, 0 to 100 (default 0). A weight set later through the
-	// admin API wins over it until this value itself changes.
-	Weight int `json:"weight,omitempty"`
+	// split mode, 0 to 100 in steps of 0.01 (12.5 is 12.5%; default 0). A
+	// weight set later through the admin API wins over it until this
+	// value itself changes.
+	Weight state.Weight `json:"weight,omitempty"`
 
 	// Sticky says where the key that keeps a user on one arm comes from
 	// (default: a cookie named "sb_user").
@@ -96,6 +97,13 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Rollout, if set, walks the weight through steps (see Rollout). Nil
+	// means the weight moves only by hand.
+	Rollout *Rollout `json:"rollout,omitempty"`
+	// Override, if set, lets testers name the arm of a request in a
+	// header or cookie (see Override). Nil means no request can.
+	Override *Override `json:"override,omitempty"`
+
 	legacy       caddyhttp.MiddlewareHandler
 	consolidated caddyhttp.MiddlewareHandler
 	app          *App
@@ -111,8 +119,10 @@ type Handler struct {
 	replay       bool
 	maxBody      int64
 	replayUnsafe caddyhttp.MatcherSets
+	ovr          *overrider // nil without an Override
 	logger       *zap.Logger
 	ctx          caddy.Context
+	stepGates    []stepGate // conditions on leaving a rollout step, added in Provision (rollout.go)
 }
 
 // Sticky configures the sticky key.
@@ -164,8 +174,15 @@ type Trip struct {
 	Buckets int            `json:"buckets,omitempty"`
 
 	// MinRequests is how many requests the window must hold before the
-	// rate and latency rules may fire (default 20).
+	// rate and latency rules may fire (default 20). The rules relative to
+	// legacy ask it of each arm's window.
 	MinRequests int `json:"min_requests,omitempty"`
+
+	// RelativeErrorRate and RelativeLatency compare consolidated with
+	// legacy ("error_rate 2x legacy", "latency p99 1.5x legacy"). They
+	// are off unless given, and work beside the rules above.
+	RelativeErrorRate *RelativeErrorRate `json:"relative_error_rate,omitempty"`
+	RelativeLatency   *RelativeLatency   `json:"relative_latency,omitempty"`
 }
 
 // tripRules are the names of the rules a Trip can turn off.
@@ -196,7 +213,7 @@ func (t *Trip) check() error {
 			return fmt.Errorf("%s is both set and turned off", r)
 		}
 	}
-	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] {
+	if t.off(health.RuleErrorRate) && t.off(health.RuleConsecutiveFailures) && !given[health.RuleLatency] && !t.relative() {
 		return fmt.Errorf("every rule is off: write 'trip off' (\"off\": true) to watch without tripping")
 	}
 	return nil
@@ -226,8 +243,8 @@ type AutoRecover struct {
 	// stay healthy (default 60s).
 	After caddy.Duration `json:"after,omitempty"`
 	// ProbeWeight is the percent of keys sent to consolidated while
-	// half-open (default 1).
-	ProbeWeight int `json:"probe_weight,omitempty"`
+	// half-open, in steps of 0.01 (default 1).
+	ProbeWeight state.Weight `json:"probe_weight,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -313,6 +330,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
+	if h.Override != nil {
+		if err := h.startOverride(ctx); err != nil {
+			return err
+		}
+	}
 	if h.Probe != nil && ctx.Value(caddyhttp.ServerCtxKey) == nil {
 		return fmt.Errorf("switch %s: probe: the switch is not served by an http server, so its arm cannot be probed", h.Name)
 	}
@@ -324,6 +346,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Consolidated: h.win.consolidated,
 		Legacy:       h.win.legacy,
 		OnTrip:       h.tripped,
+
+		OnBothUnhealthy: h.bothUnhealthy,
+		BothUnhealthy:   sw.both.Load(),
 	})
 	return nil
 }
@@ -349,6 +374,8 @@ func (h *Handler) commit() {
 	if h.Trip == nil || !h.Trip.Off {
 		goLoop(h.ctx, h.logger, taskMonitor, h.monitor.Run)
 		goLoop(h.ctx, h.logger, taskLegacyWatch, h.legacyWatchLoop)
+	} else if sw.both.Load() {
+		h.bothUnhealthy(false, "", health.Comparison{}) // no monitor runs to judge it
 	}
 	if h.Probe != nil {
 		if err := h.startProbe(h.ctx); err != nil {
@@ -360,6 +387,9 @@ func (h *Handler) commit() {
 	}
 	if h.AutoRecover != nil {
 		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
+	}
+	if h.Rollout != nil {
+		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
 	}
 }
 
@@ -415,6 +445,11 @@ func (h *Handler) checkConfig() error {
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
 	}
+	if h.Override != nil {
+		if err := h.Override.check(h.sticky()); err != nil {
+			return fmt.Errorf("switch %s: %w", h.Name, err)
+		}
+	}
 	if p := h.Probe; p != nil {
 		if p.Arm != armLegacy && p.Arm != armConsolidated {
 			return fmt.Errorf("switch %s: probe arm %q: want legacy or consolidated", h.Name, p.Arm)
@@ -427,9 +462,12 @@ func (h *Handler) checkConfig() error {
 		if a.After < 0 {
 			return fmt.Errorf("switch %s: auto_recover after %s must be positive", h.Name, time.Duration(a.After))
 		}
-		if a.ProbeWeight < 0 || a.ProbeWeight > 100 {
-			return fmt.Errorf("switch %s: auto_recover probe_weight %d%% must be between 1%% and 100%%", h.Name, a.ProbeWeight)
+		if a.ProbeWeight < 0 || a.ProbeWeight > state.WeightMax {
+			return fmt.Errorf("switch %s: auto_recover probe_weight %s%% must be between 0.01%% and 100%%", h.Name, a.ProbeWeight)
 		}
+	}
+	if err := h.Rollout.check(); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
 	}
 	for _, list := range [][]Action{h.OnTrip, h.OnRecover} {
 		for _, a := range list {
@@ -555,9 +593,10 @@ func (h *Handler) rules() compiledRules {
 	if t.Buckets != 0 {
 		r.buckets = t.Buckets
 	}
+	t.relativeRules(&r.Rules)
 	if t.MinRequests != 0 {
 		r.MinRequests = uint64(max(t.MinRequests, 0))
-	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 {
+	} else if r.ErrorRate == 0 && r.LatencyQuantile == 0 && !r.Relative() {
 		r.MinRequests = 0 // nothing to gate
 	}
 	return r
@@ -566,9 +605,14 @@ func (h *Handler) rules() compiledRules {
 // ServeHTTP picks an arm and serves the request there, replaying a failed
 // consolidated answer on legacy when it can.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.ovr != nil {
+		if arm, ok := h.ovr.arm(r, time.Now()); ok {
+			return h.serveOverride(arm, w, r, next, repl)
+		}
+	}
 	v := h.sw.view.Load()
 	consolidated := h.pick(v, w, r)
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !consolidated {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
@@ -591,7 +635,7 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	var body *teeBody
 	if hasBody(r) {
 		body = newTeeBody(r.Body, h.maxBody)
-		ar.req.Body, ar.req.GetBody = body, nil
+		ar.req.Body, ar.req.GetBody = &body.first, body.getBody
 		rec.body = body
 	}
 	setArm(repl, armConsolidated)
@@ -607,7 +651,7 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	}
 	if !replay {
 		if body != nil {
-			body.detached.Store(true) // a transport still writing reads no more
+			body.stop() // a transport still writing reads no more
 		}
 		held := rec.held
 		putRecorder(rec)
@@ -631,9 +675,8 @@ func (h *Handler) serveReplayable(w http.ResponseWriter, r *http.Request, next c
 	if body == nil {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}
-	body.detach()
 	orig := r.Body
-	r.Body = &body.replay
+	r.Body = body.rewind()
 	defer func() { r.Body = orig }()
 	return h.serve(armLegacy, h.legacy, w, r, next, repl)
 }
@@ -730,6 +773,9 @@ func (h *Handler) observe(arm string, start time.Time, rec *recorder, out outcom
 	}
 	win := h.sw.win.Load()
 	win.arm(arm).Observe(now, latency, failed)
+	if st := h.sw.step.Load(); st != nil {
+		st.arms[i].Observe(latency, failed)
+	}
 	if arm == armConsolidated {
 		h.monitor.Observed(now, failed, latency)
 	}

@@ -10,12 +10,21 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/leanvibe/switchback/state"
 )
 
 // buckets is the resolution of the split: a weight w sends keys whose
 // bucket is below w*buckets/100 to consolidated. With 10,000 buckets a
-// weight of 1% is 100 buckets, so small weights are still smooth.
+// weight of 1% is 100 buckets and the finest weight, 0.01%, is one.
 const buckets = 10000
+
+// One bucket is one step of a state.Weight: these fail to compile if the
+// two ever differ.
+var (
+	_ [buckets - int(state.WeightMax)]struct{}
+	_ [int(state.WeightMax) - buckets]struct{}
+)
 
 // keyBucket maps a sticky key to a bucket in [0, buckets), salted with the
 // switch name so two switches split the same users differently. It mixes
@@ -57,8 +66,8 @@ func saltFor(name string) uint64 {
 	return h
 }
 
-// threshold converts a weight (percent) to a bucket bound.
-func threshold(weight int) uint32 { return uint32(weight) * (buckets / 100) }
+// threshold converts a weight to a bucket bound: one bucket per 0.01%.
+func threshold(weight state.Weight) uint32 { return uint32(weight) }
 
 // pickConsolidated says whether a key goes to consolidated at threshold t.
 // Because the bucket of a key never changes, raising the weight only moves

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/leanvibe/switchback/state"
 )
 
 func TestKeyBucketStable(t *testing.T) {
@@ -34,14 +36,15 @@ func TestKeyBucketStable(t *testing.T) {
 
 // TestPickMonotonic is the property behind stickiness: for any key, if it
 // goes to consolidated at weight w it does so at every weight above w, so
-// raising the weight never sends a user back to legacy.
+// raising the weight never sends a user back to legacy. It walks every
+// weight, in the 0.01% steps a weight has.
 func TestPickMonotonic(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	salt := saltFor("main")
-	for i := 0; i < 20000; i++ {
+	for i := 0; i < 2000; i++ {
 		key := fmt.Sprintf("%x", rng.Uint64())
-		first := -1
-		for w := 0; w <= 100; w++ {
+		first := state.Weight(-1)
+		for w := state.WeightMin; w <= state.WeightMax; w++ {
 			in := pickConsolidated(salt, key, threshold(w))
 			if in && first < 0 {
 				first = w
@@ -64,7 +67,7 @@ func TestPickProportionsAndMoves(t *testing.T) {
 	for i := range keys {
 		keys[i] = fmt.Sprintf("%x%x", rng.Uint64(), rng.Uint64())
 	}
-	count := func(w int) (in map[int]bool) {
+	count := func(w state.Weight) (in map[int]bool) {
 		in = map[int]bool{}
 		for i, k := range keys {
 			if pickConsolidated(salt, k, threshold(w)) {
@@ -73,13 +76,23 @@ func TestPickProportionsAndMoves(t *testing.T) {
 		}
 		return in
 	}
-	for _, w := range []int{0, 1, 20, 50, 99, 100} {
-		got := float64(len(count(w))) / n * 100
-		if d := got - float64(w); d > 1 || d < -1 {
-			t.Errorf("weight %d: %.2f%% of keys went to consolidated", w, got)
+	for _, p := range []int{0, 1, 20, 50, 99, 100} {
+		got := float64(len(count(state.WeightPercent(p)))) / n * 100
+		if d := got - float64(p); d > 1 || d < -1 {
+			t.Errorf("weight %d%%: %.2f%% of keys went to consolidated", p, got)
 		}
 	}
-	at20, at30 := count(20), count(30)
+	// Below 1%, in 0.01% steps: 0.1% of 100,000 keys is 100 (a binomial
+	// sd of 10), 0.5% is 500 (sd 22).
+	for _, tc := range []struct {
+		w      state.Weight
+		lo, hi int
+	}{{0, 0, 0}, {10, 60, 140}, {50, 420, 580}} {
+		if got := len(count(tc.w)); got < tc.lo || got > tc.hi {
+			t.Errorf("weight %s%%: %d of %d keys went to consolidated, want %d to %d", tc.w, got, n, tc.lo, tc.hi)
+		}
+	}
+	at20, at30 := count(state.WeightPercent(20)), count(state.WeightPercent(30))
 	moved := 0
 	for i := range at30 {
 		if !at20[i] {
@@ -99,7 +112,7 @@ func TestPickProportionsAndMoves(t *testing.T) {
 func TestPickRandom(t *testing.T) {
 	hits := 0
 	for i := 0; i < 100000; i++ {
-		if pickRandom(threshold(30)) {
+		if pickRandom(threshold(state.WeightPercent(30))) {
 			hits++
 		}
 	}
@@ -209,7 +222,8 @@ func pickBench() (*Handler, *view, *http.Request, string) {
 	_, val := h.signer.Load().issue()
 	r, _ := http.NewRequest("GET", "http://x/", nil)
 	r.Header.Set("Cookie", "other=1; sb_user="+val)
-	return h, &view{mode: "split", weight: 50, threshold: threshold(50)}, r, val
+	w := state.WeightPercent(50)
+	return h, &view{mode: "split", weight: w, threshold: threshold(w)}, r, val
 }
 
 // BenchmarkPick is the per-request pick with a sticky cookie: find the
@@ -239,7 +253,7 @@ func BenchmarkPickHash(b *testing.B) {
 	salt := saltFor("main")
 	b.ReportAllocs()
 	for b.Loop() {
-		pickConsolidated(salt, "3f9a6c2d1e8b7a4f3f9a6c2d1e8b7a4f", threshold(50))
+		pickConsolidated(salt, "3f9a6c2d1e8b7a4f3f9a6c2d1e8b7a4f", threshold(state.WeightPercent(50)))
 	}
 }
 

@@ -94,7 +94,7 @@ func (r *recorder) WriteHeader(code int) {
 	if r.replace && code >= 500 && (r.body == nil || r.body.replayable()) {
 		r.held = true
 		if r.body != nil {
-			r.body.detached.Store(true) // consolidated reads no more of it
+			r.body.stop() // consolidated reads no more of it
 		}
 		return
 	}

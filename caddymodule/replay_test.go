@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -284,5 +285,69 @@ func TestReplayUnsafeMatcher(t *testing.T) {
 	}
 	if n := h.sw.metrics.decision(skipUnsafeMethod, false).Get(); n != 1 {
 		t.Errorf("unsafe_method skips = %d, want 1", n)
+	}
+}
+
+// TestArmCanResendBody: a Transport that must send a request again (one it
+// never managed to write on a reused connection, an HTTP/2 stream the
+// upstream refused) asks the arm request's GetBody for the body from the
+// start. It gets the whole body, the old reader reads no more, and a body
+// that outgrew its copy says so instead of sending a short one.
+func TestArmCanResendBody(t *testing.T) {
+	resend := armFunc(func(w http.ResponseWriter, r *http.Request) error {
+		first, _ := strconv.Atoi(r.Header.Get("X-Read-First"))
+		head := make([]byte, first)
+		if _, err := io.ReadFull(r.Body, head); err != nil {
+			return err
+		}
+		if r.GetBody == nil {
+			w.WriteHeader(500)
+			io.WriteString(w, "no GetBody")
+			return nil
+		}
+		again, err := r.GetBody()
+		if err != nil {
+			w.WriteHeader(409)
+			io.WriteString(w, err.Error())
+			return nil
+		}
+		if n, err := r.Body.Read(head[:1]); n != 0 || err != errDetached {
+			w.WriteHeader(500)
+			fmt.Fprintf(w, "old reader read %d, %v after GetBody", n, err)
+			return nil
+		}
+		r.Body = again
+		bodyDigest(w, r)
+		return nil
+	})
+	legacy := armFunc(func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(418); return nil })
+	h := testHandler(t, state.ModeConsolidated, 100, legacy, resend)
+	h.maxBody = 1 << 20
+	url := gateway(t, h)
+	for _, tc := range []struct {
+		name   string
+		size   int
+		first  int // read before GetBody
+		status int
+	}{{"in copy", 256 << 10, 10, 200}, {"outgrew copy", 2 << 20, 1<<20 + 1, 409}} {
+		t.Run(tc.name, func(t *testing.T) {
+			payload := bytes.Repeat([]byte("z"), tc.size)
+			// A POST: Go's Transport resends one only when it wrote nothing.
+			req, _ := http.NewRequest("POST", url, io.MultiReader(bytes.NewReader(payload)))
+			req.Header.Set("X-Read-First", strconv.Itoa(tc.first))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := fmt.Sprintf("%d %x", len(payload), sha256.Sum256(payload))
+			if tc.status != 200 {
+				want = errBodyOutgrewCopy.Error()
+			}
+			if resp.StatusCode != tc.status || string(got) != want {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, got, tc.status, want)
+			}
+		})
 	}
 }

@@ -36,6 +36,23 @@ func TestTripRulesInEffect(t *testing.T) {
 			with(func(r *health.Rules) { r.ConsecutiveFailures, r.LatencyQuantile, r.LatencyLimit = 0, 0.95, time.Second })},
 		{"latency off", "trip {\nlatency off\n}", `{"rules_off":["latency"]}`, def},
 		{"window alone", "trip {\nwindow 3s\n}", `{"window":"3s"}`, with(func(r *health.Rules) { r.Window = 3 * time.Second })},
+		{"relative error rate keeps the defaults", "trip {\nerror_rate 2x legacy\n}", `{"relative_error_rate":{"ratio":2}}`,
+			with(func(r *health.Rules) {
+				r.RelativeErrorRate = health.RelativeErrorRule{Ratio: 2, Floor: health.DefaultErrorFloor}
+			})},
+		{"relative beside absolute", "trip {\nerror_rate 2x legacy floor 2% min_requests 50\nlatency p99 1.5x legacy floor 20ms\nerror_rate 7%\n}",
+			`{"error_rate":0.07,"relative_error_rate":{"ratio":2,"floor":0.02,"min_requests":50},"relative_latency":{"quantile":0.99,"ratio":1.5,"floor":"20ms"}}`,
+			with(func(r *health.Rules) {
+				r.ErrorRate = 0.07
+				r.RelativeErrorRate = health.RelativeErrorRule{Ratio: 2, Floor: 0.02, MinRequests: 50}
+				r.RelativeLatency = health.RelativeLatencyRule{Quantile: 0.99, Ratio: 1.5, Floor: 20 * time.Millisecond}
+			})},
+		{"relative rules alone", "trip {\nerror_rate 2x legacy\nerror_rate off\nconsecutive_failures off\n}",
+			`{"relative_error_rate":{"ratio":2},"rules_off":["error_rate","consecutive_failures"]}`,
+			with(func(r *health.Rules) {
+				r.ErrorRate, r.ConsecutiveFailures = 0, 0
+				r.RelativeErrorRate = health.RelativeErrorRule{Ratio: 2, Floor: health.DefaultErrorFloor}
+			})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var fromFile Handler

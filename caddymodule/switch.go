@@ -25,7 +25,7 @@ const (
 // without a lock.
 type view struct {
 	mode      state.Mode
-	weight    int
+	weight    state.Weight
 	threshold uint32
 }
 
@@ -52,6 +52,18 @@ type Switch struct {
 	handler atomic.Pointer[Handler]
 
 	metrics *switchMetrics
+
+	// step counts the answers at the rollout's current step, nil when no
+	// rollout is under way; rollout is the engine's last view of the step
+	// (rollout.go); shadowCounts reports shadow's counts at a step, nil
+	// without shadow.
+	step         atomic.Pointer[stepTally]
+	rollout      atomic.Pointer[rolloutView]
+	shadowCounts atomic.Pointer[func(stepID string) *ShadowStepStats]
+	// both is set while both arms fail alike (health.Rules.BothUnhealthy),
+	// as this gateway's monitor last judged; bothReason says why.
+	both       atomic.Bool
+	bothReason atomic.Pointer[string]
 
 	mu      sync.Mutex   // guards the fields below
 	rec     state.Switch // last known durable record
@@ -94,9 +106,7 @@ func (sw *Switch) windowsFor(buckets int, width time.Duration) *windows {
 func (sw *Switch) Record() (state.Switch, bool) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	rec := sw.rec
-	rec.History = append([]state.Event(nil), rec.History...)
-	return rec, sw.pending
+	return sw.rec.Copy(), sw.pending
 }
 
 // applyLocked makes rec the switch's state. Callers hold sw.mu.
@@ -105,6 +115,7 @@ func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 	sw.rec = rec
 	sw.pending = pending
 	sw.view.Store(&view{mode: rec.Mode, weight: rec.Weight, threshold: threshold(rec.Weight)})
+	sw.syncStep(rec.Rollout)
 	if h := sw.handler.Load(); h != nil && h.monitor != nil {
 		if rec.Mode != state.ModeLegacy && !h.monitor.Armed() {
 			// Traffic can reach consolidated again (a reset, a half-open
@@ -135,8 +146,7 @@ func (sw *Switch) change(ctx context.Context, app *App, fn func(cur *state.Switc
 func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	next := sw.rec
-	next.History = append([]state.Event(nil), next.History...)
+	next := sw.rec.Copy()
 	if !fn(&next) {
 		return false
 	}
@@ -158,14 +168,15 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 	defer app.cache.touch()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	moot := false // the store's record already holds what fn wants
 	written, err := state.UpdateSwitch(wctx, app.store, sw.name, func(cur state.Switch, exists bool) (state.Switch, bool) {
+		moot = false
 		if !exists {
 			return mine, true
 		}
 		if cur.Supersedes(mine) {
 			// Someone wrote after us: re-decide on their record.
-			n := cur
-			n.History = append([]state.Event(nil), cur.History...)
+			n := cur.Copy()
 			if !fn(&n) {
 				return cur, false
 			}
@@ -177,6 +188,17 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 				n.Since = later(cur.Since)
 			}
 			return n, true
+		}
+		// Ours is the later change, but if fn would change nothing on
+		// the store's record, that record already holds its intent: a
+		// trip that another gateway wrote first stands, with its time,
+		// its history and its on_trip actions, rather than being
+		// overwritten by a copy of itself.
+		probe := cur
+		probe.History = append([]state.Event(nil), cur.History...)
+		if !fn(&probe) {
+			moot = true
+			return cur, false
 		}
 		return mine, !sameState(cur, mine)
 	})
@@ -195,7 +217,7 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 	}
 	app.storeOK()
 	sw.mu.Lock()
-	if !sw.rec.Supersedes(written) {
+	if moot || !sw.rec.Supersedes(written) {
 		sw.applyLocked(written, false)
 	}
 	sw.mu.Unlock()
@@ -219,7 +241,7 @@ func (sw *Switch) adopt(rec state.Switch) (writeBack bool) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.pending {
-		if sw.rec.Supersedes(rec) {
+		if sw.rec.Supersedes(rec) && !sameIntent(sw.rec, rec) {
 			return true
 		}
 	} else if sameState(sw.rec, rec) {
@@ -227,6 +249,15 @@ func (sw *Switch) adopt(rec state.Switch) (writeBack bool) {
 	}
 	sw.applyLocked(rec, false)
 	return false
+}
+
+// sameIntent says whether a and b send traffic the same way: one mode,
+// one weight, both tripped or neither. A pending change whose intent the
+// store already holds (a trip another gateway wrote first) gives way to
+// the store's record, which the fleet has and whose actions ran, instead
+// of overwriting it with a later copy of itself.
+func sameIntent(a, b state.Switch) bool {
+	return a.Mode == b.Mode && a.Weight == b.Weight && a.Tripped == b.Tripped
 }
 
 func sameState(a, b state.Switch) bool {
@@ -249,6 +280,7 @@ type switchMetrics struct {
 	replayed, notReplayed map[string]*metrics.Counter
 	trips                 map[string]*metrics.Counter // by rule
 	tripsMu               sync.Mutex
+	rollout               rolloutMetrics
 }
 
 func armIndex(arm string) int {
@@ -288,7 +320,7 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, r := range skipReasons {
 		m.notReplayed[r] = m.set.NewCounter(fmt.Sprintf(`switchback_replay_decisions_total{switch=%q,replayed="false",reason=%q}`, sw.name, r))
 	}
-	m.set.NewGauge("switchback_weight"+sl, func() float64 { return float64(sw.view.Load().weight) })
+	m.set.NewGauge("switchback_weight"+sl, func() float64 { return sw.view.Load().weight.Percent() })
 	for _, mode := range []state.Mode{state.ModeSplit, state.ModeLegacy, state.ModeConsolidated} {
 		m.set.NewGauge(fmt.Sprintf(`switchback_mode{switch=%q,mode=%q}`, sw.name, mode), func() float64 {
 			if sw.view.Load().mode == mode {
@@ -308,6 +340,8 @@ func newSwitchMetrics(sw *Switch) *switchMetrics {
 	for _, rule := range []string{"error_rate", "latency", "consecutive_failures"} {
 		m.trip(sw.name, rule)
 	}
+	m.addRolloutMetrics(sw)
+	registerRelativeMetrics(m, sw)
 	return m
 }
 

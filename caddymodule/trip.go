@@ -22,6 +22,9 @@ import (
 func (h *Handler) tripped(v health.Verdict) {
 	now := time.Now().UTC()
 	legacyBad, legacyWhy := h.legacyHealth(health.Now())
+	ev := h.tripEvidence(v) // nil unless a rollout is under way
+	var aborted state.Decision
+	abortedRollout := false
 	trip := func(cur *state.Switch) bool {
 		if cur.Mode == state.ModeLegacy && cur.Tripped {
 			return false // tripped already, here or elsewhere
@@ -32,6 +35,9 @@ func (h *Handler) tripped(v health.Verdict) {
 		cur.Mode, cur.Tripped, cur.Rule, cur.Reason = state.ModeLegacy, true, v.Rule, v.Reason
 		cur.By, cur.Gateway, cur.Since = "trip "+v.Rule, h.app.gateway, now
 		cur.LegacyUnhealthy, cur.LegacyUnhealthyReason = legacyBad, legacyWhy
+		if d, ok := abortOnTrip(cur, v, ev, h.app.gateway, now); ok {
+			aborted, abortedRollout = d, true
+		}
 		cur.Record(state.Event{Kind: "trip", Mode: state.ModeLegacy, Weight: cur.Weight, Rule: v.Rule, Reason: v.Reason, By: cur.By, Gateway: h.app.gateway, At: now})
 		return true
 	}
@@ -46,13 +52,40 @@ func (h *Handler) tripped(v health.Verdict) {
 		} else {
 			h.logger.Error("switch tripped to legacy", fields...)
 		}
-		if _, err := h.sw.persist(h.ctx, h.app, trip); err != nil {
+		rec, err := h.sw.persist(h.ctx, h.app, trip)
+		if err != nil {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
 		}
+		// The fleet's actions run once per trip, on the gateway whose
+		// write won. A gateway that cannot reach the store cannot know,
+		// and runs them: two pages are better than none.
+		won := err != nil || tripWrittenBy(rec, h.app.gateway, now)
+		if abortedRollout && won {
+			h.rolloutDecided(rec, aborted)
+		}
 		data := map[string]any{"event": "tripped", "switch": h.Name, "rule": v.Rule, "reason": v.Reason, "gateway": h.app.gateway, "legacy_unhealthy": legacyBad}
+		if v.Evidence != nil {
+			data["threshold"], data["p_value"], data["evidence"] = v.Threshold, v.PValue, *v.Evidence
+		}
 		h.app.emit("switchback.tripped", data)
+		if !won {
+			h.logger.Info("on_trip left to the gateway whose trip was written first", zap.String("by", rec.Gateway), zap.String("rule", rec.Rule))
+			return
+		}
 		h.runActions(h.ctx, "on_trip", h.OnTrip, data)
 	})
+}
+
+// tripWrittenBy says whether rec holds the trip that gateway made at at:
+// its latest trip event is that one. Another gateway's trip, written
+// first, leaves ours unwritten (it would trip a tripped switch).
+func tripWrittenBy(rec state.Switch, gateway string, at time.Time) bool {
+	for i := len(rec.History) - 1; i >= 0; i-- {
+		if e := rec.History[i]; e.Kind == "trip" {
+			return e.Gateway == gateway && e.At.Equal(at)
+		}
+	}
+	return false
 }
 
 // legacyHealth says whether legacy is failing too at now (on the clock of
@@ -174,7 +207,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 	}
 	probeWeight := h.AutoRecover.ProbeWeight
 	if probeWeight == 0 {
-		probeWeight = 1
+		probeWeight = state.WeightPercent(1)
 	}
 	tick := time.NewTicker(min(after/10, 500*time.Millisecond))
 	defer tick.Stop()
@@ -200,7 +233,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 				}
 				changed = true
 				cur.Mode, cur.Weight, cur.Since, cur.By, cur.Gateway = state.ModeSplit, probeWeight, now, "auto_recover", h.app.gateway
-				cur.Reason = fmt.Sprintf("auto_recover: half-open, %d%% to consolidated for %s", probeWeight, after)
+				cur.Reason = fmt.Sprintf("auto_recover: half-open, %s%% to consolidated for %s", probeWeight, after)
 				cur.Record(state.Event{Kind: "half_open", Mode: cur.Mode, Weight: cur.Weight, Reason: cur.Reason, By: cur.By, Gateway: cur.Gateway, At: now})
 				return true
 			})
@@ -208,7 +241,7 @@ func (h *Handler) autoRecoverLoop(ctx context.Context) {
 				continue // reset, re-tripped or moved elsewhere meanwhile
 			}
 			h.monitor.Rearm()
-			h.logger.Warn("auto_recover: half-open", zap.Int("probe_weight", probeWeight), zap.Error(err))
+			h.logger.Warn("auto_recover: half-open", zap.Stringer("probe_weight", probeWeight), zap.Error(err))
 		case state.ModeSplit:
 			st := h.sw.win.Load().consolidated.Stats(health.Now())
 			if !h.monitor.Armed() || st.Requests == 0 {
@@ -266,7 +299,7 @@ func (c *stateClock) age(since, wallNow time.Time, mono int64) time.Duration {
 // gateway. The actions run under the config's context, not the caller's:
 // an admin request's context ends with its response.
 func (h *Handler) recovered(rec state.Switch) {
-	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Int("weight", rec.Weight))
+	h.logger.Info("switch recovered", zap.String("reason", rec.Reason), zap.String("by", rec.By), zap.Stringer("weight", rec.Weight))
 	data := map[string]any{"event": "recovered", "switch": h.Name, "reason": rec.Reason, "by": rec.By, "gateway": h.app.gateway, "weight": rec.Weight}
 	h.app.emit("switchback.recovered", data)
 	goTask(h.logger, taskActions, func() { h.runActions(h.ctx, "on_recover", h.OnRecover, data) })

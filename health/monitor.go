@@ -15,6 +15,10 @@ const (
 	// latencyEvalEvery is the least time between two evaluations of the
 	// latency rule from Observed, in nanoseconds.
 	latencyEvalEvery = int64(10 * time.Millisecond)
+
+	// relativeEvalEvery is the least time between two evaluations of the
+	// relative error-rate rule from Observed, in nanoseconds.
+	relativeEvalEvery = int64(5 * time.Millisecond)
 )
 
 // MonitorOptions configures a Monitor.
@@ -46,6 +50,15 @@ type MonitorOptions struct {
 
 	// Interval is how often Run evaluates every rule (default 100ms).
 	Interval time.Duration
+
+	// OnBothUnhealthy is called by Run when Rules.BothUnhealthy turns
+	// true (bad, with its reason) or false again, judged every Interval
+	// whether or not the Monitor is armed. BothUnhealthy is the state to
+	// start from, so that a Monitor that takes over from another (a
+	// config reload) does not announce it again. Nil means nothing is
+	// called.
+	OnBothUnhealthy func(bad bool, reason string, c Comparison)
+	BothUnhealthy   bool
 }
 
 // Monitor watches one switch: it evaluates the rules against the
@@ -60,9 +73,13 @@ type Monitor struct {
 	now          func() int64
 	interval     time.Duration
 
+	onBoth func(bool, string, Comparison)
+
 	armed           atomic.Bool
 	lastLatencyEval atomic.Int64 // on the clock of Now
+	lastRelEval     atomic.Int64 // on the clock of Now
 	last            atomic.Pointer[Verdict]
+	both            atomic.Bool // last BothUnhealthy judged by Run
 }
 
 // NewMonitor returns an armed Monitor.
@@ -75,7 +92,9 @@ func NewMonitor(opts MonitorOptions) *Monitor {
 		onTrip:       opts.OnTrip,
 		now:          opts.Now,
 		interval:     opts.Interval,
+		onBoth:       opts.OnBothUnhealthy,
 	}
+	m.both.Store(opts.BothUnhealthy)
 	if m.consolidated == nil {
 		m.consolidated = NewWindow(opts.Rules.WindowOptions())
 	}
@@ -112,6 +131,9 @@ func (m *Monitor) Observed(now int64, failed bool, latency time.Duration) {
 	if !failed && !evalLatency {
 		return
 	}
+	if failed && r.RelativeErrorRate.On() && m.legacy != nil && m.due(&m.lastRelEval, now, relativeEvalEvery) {
+		m.observedRelative(now)
+	}
 	w := m.consolidated
 	s := Stats{ConsecutiveFailures: w.ConsecutiveFailures(), Window: w.Span()}
 	if r.ErrorRate > 0 || evalLatency {
@@ -130,16 +152,49 @@ func (m *Monitor) Observed(now int64, failed bool, latency time.Duration) {
 // latencyDue reports whether the latency rule is due for evaluation at
 // now, and if so claims it.
 func (m *Monitor) latencyDue(now int64) bool {
-	last := m.lastLatencyEval.Load()
-	return now-last >= latencyEvalEvery && m.lastLatencyEval.CompareAndSwap(last, now)
+	return m.due(&m.lastLatencyEval, now, latencyEvalEvery)
+}
+
+// due reports whether an evaluation last done at *last is due again at
+// now, every, and if so claims it.
+func (m *Monitor) due(last *atomic.Int64, now, every int64) bool {
+	l := last.Load()
+	return now-l >= every && last.CompareAndSwap(l, now)
+}
+
+// observedRelative evaluates the relative error-rate rule on the request
+// path, after a consolidated failure: from both windows' counters alone,
+// without their histograms, so it costs two sums over the buckets and the
+// test. It allocates only when the rule fires. The latency rule, which
+// needs the histograms, is left to Check.
+func (m *Monitor) observedRelative(now int64) {
+	var l, k Stats
+	l.Requests, l.Failures = m.legacy.counts(now)
+	k.Requests, k.Failures = m.consolidated.counts(now)
+	l.ErrorRate, k.ErrorRate = errorRate(l.Requests, l.Failures), errorRate(k.Requests, k.Failures)
+	l.Window, k.Window = m.legacy.Span(), m.consolidated.Span()
+	if !m.rules.errorRuleFires(k.Failures, k.Requests, l.Failures, l.Requests) {
+		return
+	}
+	// Fires: judge again with the full Stats, for the evidence.
+	if v, ok := m.rules.EvaluateRelative(m.Compare(now)); ok {
+		m.trip(v, now)
+	}
 }
 
 // Check evaluates every rule against the consolidated window at now (on
 // the clock of Now) and trips the Monitor if one breaks and it is armed.
 // It returns the verdict of the breached rule, if any, whether or not the
 // Monitor was armed.
+//
+// The relative rules are judged here, not on the request path: every
+// Interval (100ms by default) is soon enough for them, and they read both
+// arms' histograms.
 func (m *Monitor) Check(now int64) (Verdict, bool) {
 	v, ok := m.rules.Evaluate(m.consolidated.StatsWithQuantile(now, m.rules.LatencyQuantile))
+	if !ok && m.rules.Relative() && m.legacy != nil {
+		v, ok = m.rules.EvaluateRelative(m.Compare(now))
+	}
 	if ok {
 		m.trip(v, now)
 		v.At = Time(now)
@@ -166,7 +221,46 @@ func (m *Monitor) Run(ctx context.Context) {
 			if m.armed.Load() {
 				m.Check(now)
 			}
+			m.judgeBoth(now)
 		}
+	}
+}
+
+// Compare compares the two arms' windows at now (on the clock of Now).
+// Each arm's Stats also holds the latency at the relative latency rule's
+// quantile, or else at the absolute latency rule's. Without a legacy
+// window, legacy's side is empty.
+func (m *Monitor) Compare(now int64) Comparison {
+	q := m.rules.RelativeLatency.Quantile
+	if q == 0 {
+		q = m.rules.LatencyQuantile
+	}
+	var l Stats
+	if m.legacy != nil {
+		l = m.legacy.StatsWithQuantile(now, q)
+	}
+	return Compare(l, m.consolidated.StatsWithQuantile(now, q))
+}
+
+// BothUnhealthy reports the state Run last judged (see
+// Rules.BothUnhealthy).
+func (m *Monitor) BothUnhealthy() bool { return m.both.Load() }
+
+// judgeBoth judges Rules.BothUnhealthy at now and calls OnBothUnhealthy
+// when it changed.
+//
+// Without relative rules it is false, so a Monitor seeded with true by a
+// config that had them announces the end of it.
+func (m *Monitor) judgeBoth(now int64) {
+	var c Comparison
+	var reason string
+	var bad bool
+	if m.rules.Relative() && m.legacy != nil {
+		c = m.Compare(now)
+		reason, bad = m.rules.BothUnhealthy(c)
+	}
+	if m.both.CompareAndSwap(!bad, bad) && m.onBoth != nil {
+		m.onBoth(bad, reason, c)
 	}
 }
 

@@ -49,6 +49,17 @@ type Rules struct {
 	// Window is the time the error rate and latency rules look back over.
 	// It must be positive (the config layer defaults it to DefaultWindow).
 	Window time.Duration
+
+	// RelativeErrorRate and RelativeLatency are the rules that compare
+	// consolidated with legacy (see EvaluateRelative). Their zero values
+	// are off.
+	RelativeErrorRate RelativeErrorRule
+	RelativeLatency   RelativeLatencyRule
+
+	// UnhealthyErrorRate is the error rate above which an arm counts as
+	// failing for BothUnhealthy. Zero means ErrorRate, or
+	// DefaultUnhealthyErrorRate when ErrorRate is off.
+	UnhealthyErrorRate float64
 }
 
 // Validate reports every invalid field of r, saying what is wrong and
@@ -69,8 +80,11 @@ func (r Rules) Validate() error {
 	if r.Window <= 0 {
 		errs = append(errs, fmt.Errorf("window %v is out of range: must be positive (e.g. %v)", r.Window, DefaultWindow))
 	}
-	if r.MinRequests > 0 && r.ErrorRate == 0 && r.LatencyQuantile == 0 {
+	if r.MinRequests > 0 && r.ErrorRate == 0 && r.LatencyQuantile == 0 && !r.Relative() {
 		errs = append(errs, fmt.Errorf("min_requests %d has no effect: it only gates error_rate and latency, and neither is set", r.MinRequests))
+	}
+	if err := r.validateRelative(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -98,6 +112,14 @@ type Verdict struct {
 	// At is when the rule tripped, as Time makes it of the Monitor's
 	// clock; zero when the Verdict comes straight from Rules.Evaluate.
 	At time.Time
+
+	// Threshold, Evidence and PValue are set by the relative rules only:
+	// the rule's threshold ("2x, floor 1%"), the comparison it judged,
+	// and the p-value of its test (for the error rate, against the
+	// floor). Evidence is nil for the absolute rules.
+	Threshold string
+	Evidence  *Comparison
+	PValue    float64
 }
 
 // Evaluate checks s against the rules in the order error rate, latency,

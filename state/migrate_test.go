@@ -30,7 +30,7 @@ var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
 func switchJSON(t *testing.T, mode state.Mode, weight int, since time.Time) string {
 	t.Helper()
-	b, err := json.Marshal(state.Switch{Name: "main", Mode: mode, Weight: weight, Since: since})
+	b, err := json.Marshal(state.Switch{Name: "main", Mode: mode, Weight: state.WeightPercent(weight), Since: since})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Key namespaces. A key is "<namespace>/<name>"; the Consul store puts its
@@ -16,6 +17,15 @@ const (
 	NSLocks      = "locks"
 	NSSecrets    = "secrets"
 )
+
+// NSStats is the namespace of the gateways' live stats (see
+// Store.PublishStats). Its keys are "stats/<switch>/<gateway>", and it is
+// read only through ListStats.
+const NSStats = "stats"
+
+// StatsTTL is the TTL of a stats record: a gateway publishes more often
+// than this, and a record not refreshed for longer is gone.
+const StatsTTL = 10 * time.Second
 
 // RestoreLock is the name of the fleet-wide restore lock.
 const RestoreLock = "restore"
@@ -85,6 +95,19 @@ type Store interface {
 	// has it, it returns a *LockHeldError. The returned Lock's Lost channel
 	// closes if the lock is lost before Unlock.
 	Lock(ctx context.Context, name string, holder []byte) (Lock, error)
+
+	// PublishStats writes value, a gateway's counters for a switch, at
+	// "stats/<sw>/<gateway>", held only while this process lives: in
+	// Consul under a session with a TTL (StatsTTL; Consul may take up to
+	// twice that), renewed by the store, whose expiry or Close deletes
+	// the key, so a gateway that dies drops out of the fleet's evidence.
+	// A later PublishStats replaces the value. The local store keeps the
+	// value in this process's memory: with it the evidence is this
+	// gateway's own.
+	PublishStats(ctx context.Context, sw, gateway string, value []byte) error
+
+	// ListStats returns the live stats values of switch sw, by gateway.
+	ListStats(ctx context.Context, sw string) (map[string][]byte, error)
 
 	// Describe names the store for logs and status, e.g. "local /x.db".
 	Describe() string

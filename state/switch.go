@@ -27,21 +27,12 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("unknown mode %q: want split, legacy or consolidated", s)
 }
 
-// CheckWeight reports whether w is a valid weight (percent of keys sent to
-// consolidated, 0 to 100).
-func CheckWeight(w int) error {
-	if w < 0 || w > 100 {
-		return fmt.Errorf("invalid weight %d: must be between 0 and 100", w)
-	}
-	return nil
-}
-
 // Event is one entry of a switch's history: a trip, a recovery or a manual
 // change.
 type Event struct {
 	Kind    string    `json:"kind"` // "trip", "recover", "mode", "weight", "reset"
 	Mode    Mode      `json:"mode"`
-	Weight  int       `json:"weight"`
+	Weight  Weight    `json:"weight"`
 	Rule    string    `json:"rule,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	By      string    `json:"by,omitempty"`
@@ -57,7 +48,7 @@ const HistoryLimit = 100
 type Switch struct {
 	Name   string `json:"name"`
 	Mode   Mode   `json:"mode"`
-	Weight int    `json:"weight"`
+	Weight Weight `json:"weight"`
 
 	// Reason, By, Gateway and Since describe the last change: why, who
 	// (e.g. "admin 127.0.0.1", "trip error_rate", "config"), on which host,
@@ -70,14 +61,14 @@ type Switch struct {
 	// ConfigMode and ConfigWeight are the config's values when this record
 	// was written. A config that changes either one wins over the stored
 	// value for that field; otherwise the stored value wins.
-	ConfigMode   Mode `json:"config_mode"`
-	ConfigWeight int  `json:"config_weight"`
+	ConfigMode   Mode   `json:"config_mode"`
+	ConfigWeight Weight `json:"config_weight"`
 
 	// Tripped is set while the switch is on legacy because a trip rule
 	// fired; Rule names it. RecoverWeight is the weight to return to.
 	Tripped       bool   `json:"tripped,omitempty"`
 	Rule          string `json:"rule,omitempty"`
-	RecoverWeight int    `json:"recover_weight,omitempty"`
+	RecoverWeight Weight `json:"recover_weight,omitempty"`
 
 	// LegacyUnhealthy is set when, at the last trip or since, legacy broke
 	// its rules too. The gateway is then on legacy but not healthy.
@@ -86,6 +77,9 @@ type Switch struct {
 
 	// History holds the last HistoryLimit events, oldest first.
 	History []Event `json:"history,omitempty"`
+
+	// Rollout is the switch's progressive rollout, nil without one.
+	Rollout *Rollout `json:"rollout,omitempty"`
 }
 
 // Record appends e to the history, dropping the oldest past HistoryLimit.
@@ -129,6 +123,9 @@ func DecodeSwitch(b []byte) (Switch, error) {
 		return Switch{}, fmt.Errorf("switch record: %w", err)
 	}
 	if err := CheckWeight(sw.Weight); err != nil {
+		return Switch{}, fmt.Errorf("switch record: %w", err)
+	}
+	if err := sw.Rollout.Check(); err != nil {
 		return Switch{}, fmt.Errorf("switch record: %w", err)
 	}
 	return sw, nil

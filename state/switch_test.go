@@ -30,7 +30,7 @@ func TestSupersedes(t *testing.T) {
 func TestHistoryLimit(t *testing.T) {
 	var s Switch
 	for i := 0; i < HistoryLimit+25; i++ {
-		s.Record(Event{Kind: "trip", Weight: i})
+		s.Record(Event{Kind: "trip", Weight: Weight(i)})
 	}
 	if len(s.History) != HistoryLimit || s.History[0].Weight != 25 || s.History[HistoryLimit-1].Weight != HistoryLimit+24 {
 		t.Fatalf("history holds %d events from %d", len(s.History), s.History[0].Weight)

@@ -663,7 +663,7 @@ func TestTripActionsAndMetrics(t *testing.T) {
 		t.Fatalf("reset: status %d", code)
 	}
 	if s := e.detail(t); s.Tripped || s.Mode != "split" || s.Weight != 40 {
-		t.Fatalf("after reset: mode %s weight %d tripped %v; want split 40", s.Mode, s.Weight, s.Tripped)
+		t.Fatalf("after reset: mode %s weight %v tripped %v; want split 40", s.Mode, s.Weight, s.Tripped)
 	}
 
 	// Trip again, then reset through the CLI.
@@ -676,7 +676,7 @@ func TestTripActionsAndMetrics(t *testing.T) {
 		t.Fatalf("switchback traffic reset: exit %d\n%s%s", code, out, errOut)
 	}
 	if s := e.detail(t); s.Tripped || s.Mode != "split" || s.Weight != 40 {
-		t.Fatalf("after CLI reset: mode %s weight %d tripped %v; want split 40", s.Mode, s.Weight, s.Tripped)
+		t.Fatalf("after CLI reset: mode %s weight %v tripped %v; want split 40", s.Mode, s.Weight, s.Tripped)
 	}
 	// Consolidated takes traffic again.
 	hits := e.consolidated.Hits.Load()

@@ -38,7 +38,7 @@ func TestFleetRestartDuringOutage(t *testing.T) {
 	f.gws[0].start(Binary(t))
 	s = f.gws[0].Switch(t, "main")
 	if !fleetTripped(s) || s.Gateway != "gw-0" {
-		t.Fatalf("gw-0 restarted during the outage: %s at %d by %q (%s), want its own trip", s.Mode, s.Weight, s.Gateway, s.Reason)
+		t.Fatalf("gw-0 restarted during the outage: %s at %v by %q (%s), want its own trip", s.Mode, s.Weight, s.Gateway, s.Reason)
 	}
 	if !fleetAllLegacy(t, f.gws[0]) {
 		t.Fatal("gw-0 restarted tripped, but traffic reaches consolidated")
@@ -49,7 +49,7 @@ func TestFleetRestartDuringOutage(t *testing.T) {
 
 	f.gws[1].Restart()
 	if s = f.gws[1].Switch(t, "main"); s.Mode != "split" || s.Weight != 30 {
-		t.Fatalf("gw-1 restarted during the outage: %s at %d (%s), want the fleet's split at 30", s.Mode, s.Weight, s.Reason)
+		t.Fatalf("gw-1 restarted during the outage: %s at %v (%s), want the fleet's split at 30", s.Mode, s.Weight, s.Reason)
 	}
 
 	agent.Start()
@@ -63,7 +63,7 @@ func TestFleetRestartDuringOutage(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	for i, g := range f.gws {
 		if s := g.Switch(t, "main"); !fleetTripped(s) {
-			t.Errorf("gw-%d went back to %s at %d", i, s.Mode, s.Weight)
+			t.Errorf("gw-%v went back to %s at %v", i, s.Mode, s.Weight)
 		}
 	}
 }

@@ -84,6 +84,12 @@ type fleet struct {
 // startFleet starts one gateway per Consul address in addrs.
 func startFleet(t *testing.T, addrs ...string) *fleet {
 	t.Helper()
+	return startFleetWith(t, fleetTemplate, addrs...)
+}
+
+// startFleetWith is startFleet with another Caddyfile template.
+func startFleetWith(t *testing.T, template string, addrs ...string) *fleet {
+	t.Helper()
 	f := &fleet{
 		legacy: NewUpstream(t, "legacy"),
 		shared: t.TempDir(),
@@ -99,7 +105,7 @@ func startFleet(t *testing.T, addrs ...string) *fleet {
 		c := NewUpstream(t, fmt.Sprintf("consolidated-%d", i))
 		f.consolidated = append(f.consolidated, c)
 		f.gws = append(f.gws, StartGateway(t, GatewayConfig{
-			Template:     fleetTemplate,
+			Template:     template,
 			Legacy:       f.legacy,
 			Consolidated: c,
 			Extra: map[string]string{
@@ -266,7 +272,7 @@ func TestFleetTripReachesAll(t *testing.T) {
 	f := startFleet(t, agent.Addr, agent.Addr, agent.Addr)
 	for i, g := range f.gws {
 		if s := g.Switch(t, "main"); s.Mode != "split" || s.Weight != 50 {
-			t.Fatalf("gw-%d starts %s at %d, want split at 50", i, s.Mode, s.Weight)
+			t.Fatalf("gw-%v starts %s at %v, want split at 50", i, s.Mode, s.Weight)
 		}
 	}
 	f.tripGateway(t, 0)
@@ -278,6 +284,63 @@ func TestFleetTripReachesAll(t *testing.T) {
 		if !fleetAllLegacy(t, g) {
 			t.Errorf("gw-%d: tripped, but traffic still reaches consolidated", i)
 		}
+	}
+}
+
+// TestFleetPagesOncePerTrip: consolidated fails for the whole fleet at
+// once, and every gateway trips on its own traffic before it sees
+// another's trip. The on_trip exec (a page) still runs once, on the
+// gateway whose trip was written first.
+func TestFleetPagesOncePerTrip(t *testing.T) {
+	agent := consultest.Start(t)
+	tmpl := strings.Replace(fleetTemplate, "\t\ttrip {", "\t\ton_trip exec sh -c \"echo $SWITCHBACK_GATEWAY >> {SHARED}/pages\"\n\t\ttrip {", 1)
+	if tmpl == fleetTemplate {
+		t.Fatal("the template has no trip block to add on_trip to")
+	}
+	f := startFleetWith(t, tmpl, agent.Addr, agent.Addr, agent.Addr)
+	for _, c := range f.consolidated {
+		c.Fail(http.StatusInternalServerError)
+	}
+	var wg sync.WaitGroup
+	for i, g := range f.gws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 2000 && !fleetTripped(g.Switch(t, "main")); n++ {
+				var inner sync.WaitGroup
+				for k := range 8 {
+					inner.Add(1)
+					go func() {
+						defer inner.Done()
+						fleetGet(g, fmt.Sprintf("page-%d-%d-%d", i, n, k))
+					}()
+				}
+				inner.Wait()
+			}
+		}()
+	}
+	wg.Wait()
+	f.waitAll(t, 10*time.Second, "tripped to legacy", fleetTripped)
+	local := 0
+	for _, g := range f.gws {
+		if strings.Contains(g.metrics(t), "switchback_trips_total{") {
+			local++
+		}
+	}
+	pages := filepath.Join(f.shared, "pages")
+	Eventually(t, 10*time.Second, "the page", func() bool { _, err := os.Stat(pages); return err == nil })
+	time.Sleep(3 * time.Second) // time for any other gateway's page
+	b, err := os.ReadFile(pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(b))
+	t.Logf("%d of 3 gateways tripped on their own traffic; pages from %v", local, lines)
+	if len(lines) != 1 {
+		t.Fatalf("%d pages for one trip (%v), want 1", len(lines), lines)
+	}
+	if s := f.gws[0].Switch(t, "main"); s.Gateway != lines[0] {
+		t.Errorf("page from %s, but the trip written is %s's", lines[0], s.Gateway)
 	}
 }
 
@@ -310,7 +373,7 @@ func TestFleetLeaderLoss(t *testing.T) {
 		return fleetStoreStatus(t, orphan) == "degraded"
 	})
 	if s := orphan.Switch(t, "main"); s.Mode != "split" || s.Weight != 50 {
-		t.Errorf("gw-%d without its server: %s at %d, want its last known split at 50", leader, s.Mode, s.Weight)
+		t.Errorf("gw-%v without its server: %s at %v, want its last known split at 50", leader, s.Mode, s.Weight)
 	}
 	newLeader := cluster.WaitLeader(t)
 	t.Logf("new leader is server-%d", newLeader)
@@ -336,7 +399,7 @@ func TestFleetLeaderLoss(t *testing.T) {
 		Eventually(t, 20*time.Second, fmt.Sprintf("gw-%d store ok", i), func() bool { return fleetStoreStatus(t, g) == "ok" })
 	}
 	if s := orphan.Switch(t, "main"); s.Weight != 50 {
-		t.Errorf("gw-%d, cut off from Consul, changed to weight %d", leader, s.Weight)
+		t.Errorf("gw-%v, cut off from Consul, changed to weight %v", leader, s.Weight)
 	}
 
 	// Its server back, the orphan converges too.
@@ -405,7 +468,7 @@ func TestFleetConsulOutage(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	for i, g := range f.gws {
 		if s := g.Switch(t, "main"); !fleetTripped(s) {
-			t.Errorf("gw-%d went back to %s at %d", i, s.Mode, s.Weight)
+			t.Errorf("gw-%v went back to %s at %v", i, s.Mode, s.Weight)
 		}
 	}
 }
@@ -548,7 +611,7 @@ func TestFleetStateMigrate(t *testing.T) {
 		Legacy:   legacy, Consolidated: consolidated,
 	})
 	if s := g.Switch(t, "main"); s.Weight != 35 {
-		t.Errorf("gateway on the migrated store: weight %d, want 35", s.Weight)
+		t.Errorf("gateway on the migrated store: weight %v, want 35", s.Weight)
 	}
 }
 

@@ -127,6 +127,26 @@ func TestStickiness(t *testing.T) {
 		t.Errorf("switch after weight change = %+v", sw)
 	}
 
+	// A weight in 0.01% steps, through the API and the CLI: 60% -> 60.25%
+	// moves no one back either.
+	if code := g.AdminJSON(t, "POST", "/switchback/switches/main/weight", map[string]any{"weight": 60.25}, &out); code != 200 {
+		t.Fatalf("POST weight 60.25: %d %v", code, out)
+	}
+	if sw := g.Switch(t, "main"); sw.Weight != 60.25 {
+		t.Fatalf("weight after POST 60.25 = %v", sw.Weight)
+	}
+	for i, u := range users {
+		if arm, _ := armOf(t, g, u.cookie); u.arm == "consolidated" && arm != "consolidated" {
+			t.Fatalf("user %d flipped back to legacy when the weight rose to 60.25%%", i)
+		}
+	}
+	if _, stderr, code := g.CLI(t, "traffic", "split", "--weight", "0.5%", "--switch", "main"); code != 0 {
+		t.Fatalf("traffic split --weight 0.5%%: exit %d: %s", code, stderr)
+	}
+	if sw := g.Switch(t, "main"); sw.Weight != 0.5 {
+		t.Fatalf("weight after --weight 0.5%% = %v", sw.Weight)
+	}
+
 	// The CLI: legacy for everyone, then split again at 20.
 	stdout, stderr, code := g.CLI(t, "traffic", "legacy", "--reason", "drill")
 	if code != 0 {
@@ -228,7 +248,7 @@ func TestReloadAndRestartKeepState(t *testing.T) {
 	legacy.Delay(0)
 	cons.Delay(0)
 	if sw := g.Switch(t, "main"); sw.Weight != 35 {
-		t.Fatalf("weight after reload = %d, want the admin's 35", sw.Weight)
+		t.Fatalf("weight after reload = %v, want the admin's 35", sw.Weight)
 	}
 
 	// A restart keeps the mode.
@@ -269,8 +289,9 @@ func TestAdminBadInput(t *testing.T) {
 		{"unknown switch get", "GET", "/switchback/switches/nope", ``, 404, `unknown switch "nope"`},
 		{"weight 101", "POST", "/switchback/switches/main/weight", `{"weight":101}`, 400, "between 0 and 100"},
 		{"weight -1", "POST", "/switchback/switches/main/weight", `{"weight":-1}`, 400, "between 0 and 100"},
-		{"weight abc", "POST", "/switchback/switches/main/weight", `{"weight":"abc"}`, 400, "whole number"},
-		{"weight 2.5", "POST", "/switchback/switches/main/weight", `{"weight":2.5}`, 400, "whole number"},
+		{"weight abc", "POST", "/switchback/switches/main/weight", `{"weight":"abc"}`, 400, "number of percent"},
+		{"weight 2.125", "POST", "/switchback/switches/main/weight", `{"weight":2.125}`, 400, "more than 2 decimals"},
+		{"weight 100.01", "POST", "/switchback/switches/main/weight", `{"weight":100.01}`, 400, "between 0 and 100"},
 		{"weight missing", "POST", "/switchback/switches/main/weight", `{}`, 400, "missing weight"},
 		{"unknown mode", "POST", "/switchback/switches/main/mode", `{"mode":"sideways"}`, 400, "unknown mode"},
 		{"unknown action", "POST", "/switchback/switches/main/explode", `{}`, 404, "unknown switch action"},
@@ -303,6 +324,7 @@ func TestCLIBadInput(t *testing.T) {
 	for _, args := range [][]string{
 		{"traffic", "split", "--weight", "101"},
 		{"traffic", "split", "--weight", "abc"},
+		{"traffic", "split", "--weight", "0.125"},
 		{"traffic", "legacy", "--weight", "10"},
 		{"traffic", "split", "extra-arg"},
 		{"traffic", "status", "--no-such-flag"},

@@ -503,20 +503,20 @@ func (g *Gateway) AdminJSON(t testing.TB, method, path string, body any, out any
 
 // SwitchState is the part of GET /switchback/switches/{name} tests read.
 type SwitchState struct {
-	Name                  string `json:"name"`
-	Mode                  string `json:"mode"`
-	Weight                int    `json:"weight"`
-	Reason                string `json:"reason"`
-	By                    string `json:"by"`
-	Gateway               string `json:"gateway"`
-	Tripped               bool   `json:"tripped"`
-	Rule                  string `json:"rule"`
-	LegacyUnhealthy       bool   `json:"legacy_unhealthy"`
-	LegacyUnhealthyReason string `json:"legacy_unhealthy_reason"`
+	Name                  string  `json:"name"`
+	Mode                  string  `json:"mode"`
+	Weight                float64 `json:"weight"` // percent, 0.01 resolution
+	Reason                string  `json:"reason"`
+	By                    string  `json:"by"`
+	Gateway               string  `json:"gateway"`
+	Tripped               bool    `json:"tripped"`
+	Rule                  string  `json:"rule"`
+	LegacyUnhealthy       bool    `json:"legacy_unhealthy"`
+	LegacyUnhealthyReason string  `json:"legacy_unhealthy_reason"`
 	History               []struct {
 		Kind   string    `json:"kind"`
 		Mode   string    `json:"mode"`
-		Weight int       `json:"weight"`
+		Weight float64   `json:"weight"`
 		Rule   string    `json:"rule"`
 		Reason string    `json:"reason"`
 		By     string    `json:"by"`

@@ -308,9 +308,9 @@ func TestHostileTraffic(t *testing.T) {
 	cfg.Extra["WEIGHT"], cfg.Extra["EXTRA_SITE"] = "40", ""
 	g.WriteConfig(cfg)
 	rejectedWeight := g.Switch(t, "main").Weight
-	t.Logf("assert rejected reload: weight %d after it, want 40", rejectedWeight)
+	t.Logf("assert rejected reload: weight %v after it, want 40", rejectedWeight)
 	if rejectedWeight != 40 {
-		t.Errorf("a rejected reload changed the running switch's weight to %d, want 40", rejectedWeight)
+		t.Errorf("a rejected reload changed the running switch's weight to %v, want 40", rejectedWeight)
 	}
 
 	// The failover: a fault on consolidated until the switch trips.

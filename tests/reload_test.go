@@ -172,7 +172,7 @@ func TestRejectedReloadChangesNothing(t *testing.T) {
 	e := startReloadEnv(t)
 	before := e.stored(t)
 	if before.Weight != 20 {
-		t.Fatalf("stored weight at start = %d, want 20", before.Weight)
+		t.Fatalf("stored weight at start = %v, want 20", before.Weight)
 	}
 
 	for _, tc := range []struct{ name, weight, trip string }{
@@ -186,10 +186,10 @@ func TestRejectedReloadChangesNothing(t *testing.T) {
 				t.Fatalf("POST /load of a config with an unknown module: %d %s; want it rejected", code, body)
 			}
 			if sw := e.g.Switch(t, "main"); sw.Weight != 20 || sw.Mode != "split" {
-				t.Fatalf("live switch after the rejected reload: weight %d mode %s, want 20 split", sw.Weight, sw.Mode)
+				t.Fatalf("live switch after the rejected reload: weight %v mode %s, want 20 split", sw.Weight, sw.Mode)
 			}
 			if st := e.stored(t); st.Weight != 20 || len(st.History) != len(before.History) {
-				t.Fatalf("stored switch after the rejected reload: weight %d, %d events (was %d); want it untouched", st.Weight, len(st.History), len(before.History))
+				t.Fatalf("stored switch after the rejected reload: weight %v, %v events (was %v); want it untouched", st.Weight, len(st.History), len(before.History))
 			}
 			// The new users split at 20%, not 80%.
 			cons := 0
@@ -219,10 +219,10 @@ func TestCommittedReloadTakesOver(t *testing.T) {
 		t.Fatalf("reload: exit %d: %s", code, errOut)
 	}
 	if sw := e.g.Switch(t, "main"); sw.Weight != 40 {
-		t.Fatalf("live weight after reload = %d, want 40", sw.Weight)
+		t.Fatalf("live weight after reload = %v, want 40", sw.Weight)
 	}
 	if st := e.stored(t); st.Weight != 40 {
-		t.Fatalf("stored weight after reload = %d, want 40", st.Weight)
+		t.Fatalf("stored weight after reload = %v, want 40", st.Weight)
 	}
 	var detail struct {
 		Rules struct {
@@ -272,7 +272,28 @@ func TestFleetRejectedReloadChangesNothing(t *testing.T) {
 	time.Sleep(2 * time.Second) // a change reaches the fleet well within this
 	for i, gw := range f.gws {
 		if s := gw.Switch(t, "main"); s.Weight != 50 {
-			t.Errorf("gw-%d: weight %d after gw-0 rejected a reload to 80; want 50 (by %s: %s)", i, s.Weight, s.By, s.Reason)
+			t.Errorf("gw-%v: weight %v after gw-0 rejected a reload to 80; want 50 (by %s: %s)", i, s.Weight, s.By, s.Reason)
 		}
 	}
+}
+
+// TestActionOutlivesReload: an on_trip action belongs to the trip, not to
+// the config that saw it. A reload while it runs does not cancel it.
+func TestActionOutlivesReload(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "acted")
+	trip := "trip {\n\t\t\tconsecutive_failures 5\n\t\t}\n\t\ton_trip exec sh -c \"sleep 2; echo done >> " + out + "\""
+	e := &reloadEnv{legacy: NewUpstream(t, "legacy"), consolidated: NewUpstream(t, "consolidated")}
+	e.g = StartGateway(t, e.config("20", trip))
+	e.trips(t, "with a slow on_trip")
+	e.g.WriteConfig(e.config("30", trip))
+	if _, errOut, code := RunCLI(t, e.g.Dir, "reload", "--config", e.g.Caddyfile, "--address", e.g.Admin); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("the action finished before the reload; the test proves nothing")
+	}
+	Eventually(t, 10*time.Second, "the on_trip exec to finish after the reload", func() bool {
+		b, _ := os.ReadFile(out)
+		return string(b) == "done\n"
+	})
 }

@@ -207,7 +207,7 @@ function buildArm(name, arm) {
 
 function buildSwitch(name) {
   const weightInput = el("input", {
-    type: "number", min: "0", max: "100", step: "1", inputmode: "numeric",
+    type: "number", min: "0", max: "100", step: "0.01", inputmode: "decimal",
     id: `weight-${name}`, dataset: { field: "weight" },
   });
   const card = el("article", { className: "switch", dataset: { switch: name } },
@@ -241,7 +241,8 @@ function buildSwitch(name) {
 }
 
 function modeText(sw) {
-  if (sw.mode === "split") return `${100 - sw.weight}% legacy / ${sw.weight}% consolidated`;
+  // Weights are percents in 0.01 steps; subtract in hundredths so 100 - 0.07 reads 99.93.
+  if (sw.mode === "split") return `${(10000 - Math.round(sw.weight * 100)) / 100}% legacy / ${sw.weight}% consolidated`;
   return `100% ${sw.mode}`;
 }
 
@@ -509,7 +510,7 @@ const actions = {
   "set-weight": (btn) => run(`set weight of ${btn.dataset.switch}`, async () => {
     const input = btn.form.querySelector('[data-field="weight"]');
     const weight = Number(input.value);
-    if (!Number.isInteger(weight) || weight < 0 || weight > 100) throw new Error("the weight must be a whole number from 0 to 100");
+    if (input.value.trim() === "" || !Number.isFinite(weight) || weight < 0 || weight > 100 || !Number.isInteger(Math.round(weight * 1e6) / 1e4)) throw new Error("the weight must be a percent from 0 to 100 with at most 2 decimals");
     const out = await api("POST", `/switches/${encodeURIComponent(btn.dataset.switch)}/weight`, { weight, reason: `weight ${weight}% from dashboard`, by: "dashboard" });
     delete input.dataset.dirty;
     return out;

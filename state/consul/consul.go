@@ -191,6 +191,8 @@ type Store struct {
 
 	mu    sync.Mutex // guards locks
 	locks map[*lock]struct{}
+
+	stats statsSession // holds the stats keys (stats.go)
 }
 
 // Open returns a Store for cfg. It does not contact Consul: an agent that
@@ -314,6 +316,7 @@ func (s *Store) Close() error {
 	for _, l := range held {
 		errs = append(errs, l.Unlock())
 	}
+	errs = append(errs, s.closeStats())
 	s.transport.CloseIdleConnections()
 	return errors.Join(errs...)
 }

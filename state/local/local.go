@@ -61,8 +61,15 @@ type Store struct {
 	path string
 	opts Options
 
-	mu    sync.Mutex // guards locks
+	mu    sync.Mutex // guards locks and stats
 	locks map[*flock]struct{}
+	stats map[string]liveStats // by "<switch>/<gateway>"
+}
+
+// liveStats is a published stats value and when it was written.
+type liveStats struct {
+	value []byte
+	at    time.Time
 }
 
 // Open checks that path is a usable bbolt database (creating it if it does
@@ -446,3 +453,50 @@ func (s *Store) Lock(ctx context.Context, name string, holder []byte) (state.Loc
 
 // Interface guard.
 var _ state.Store = (*Store)(nil)
+
+// PublishStats implements state.Store in this process's memory: only
+// this gateway reads it, so the file is not written every few seconds.
+func (s *Store) PublishStats(ctx context.Context, sw, gateway string, value []byte) error {
+	if err := checkStatsKey(sw, gateway, value); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stats == nil {
+		s.stats = make(map[string]liveStats)
+	}
+	s.stats[sw+"/"+gateway] = liveStats{value: bytes.Clone(value), at: time.Now()}
+	return nil
+}
+
+// ListStats implements state.Store: the values this process published for
+// sw within state.StatsTTL.
+func (s *Store) ListStats(ctx context.Context, sw string) (map[string][]byte, error) {
+	if err := state.CheckName(sw); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string][]byte)
+	for k, v := range s.stats {
+		name, gw, _ := strings.Cut(k, "/")
+		if time.Since(v.at) > state.StatsTTL {
+			delete(s.stats, k)
+			continue
+		}
+		if name == sw {
+			out[gw] = bytes.Clone(v.value)
+		}
+	}
+	return out, nil
+}
+
+func checkStatsKey(sw, gateway string, value []byte) error {
+	if err := state.CheckName(sw); err != nil {
+		return fmt.Errorf("stats: switch: %w", err)
+	}
+	if err := state.CheckName(gateway); err != nil {
+		return fmt.Errorf("stats: gateway: %w", err)
+	}
+	return state.CheckValue(state.Key(state.NSStats, sw+"/"+gateway), value)
+}

@@ -28,6 +28,40 @@ func Run(t *testing.T, open func(t *testing.T) (a, b state.Store)) {
 		}
 	})
 
+	t.Run("stats", func(t *testing.T) {
+		a, _ := open(t)
+		if err := a.PublishStats(ctx, "main", "gw-a", []byte(`{"n":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.PublishStats(ctx, "main", "gw-b", []byte(`{"n":2}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.PublishStats(ctx, "main", "gw-a", []byte(`{"n":3}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.PublishStats(ctx, "other", "gw-a", []byte(`{"n":4}`)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.ListStats(ctx, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || string(got["gw-a"]) != `{"n":3}` || string(got["gw-b"]) != `{"n":2}` {
+			t.Fatalf("ListStats(main) = %q, want gw-a {n:3} and gw-b {n:2}", got)
+		}
+		if got, _ := a.ListStats(ctx, "none"); len(got) != 0 {
+			t.Fatalf("ListStats(none) = %q, want empty", got)
+		}
+		for _, bad := range [][2]string{{"../x", "gw"}, {"main", "a/b"}, {"main", ""}} {
+			if err := a.PublishStats(ctx, bad[0], bad[1], []byte("{}")); err == nil {
+				t.Errorf("PublishStats(%q, %q) accepted", bad[0], bad[1])
+			}
+		}
+		if err := a.PublishStats(ctx, "main", "gw-c", make([]byte, state.MaxValueSize+1)); err == nil {
+			t.Error("PublishStats accepted a value over MaxValueSize")
+		}
+	})
+
 	t.Run("put get list delete", func(t *testing.T) {
 		a, b := open(t)
 		v1, err := a.Put(ctx, "points/p1", []byte(`{"id":"p1"}`))
