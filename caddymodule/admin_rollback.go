@@ -190,6 +190,9 @@ func (a *App) handleCreatePoint(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
+	if err := a.checkPointType(req.Type); err != nil {
+		return err
+	}
 	p, err := a.restore.CreatePoint(r.Context(), req.options())
 	if err != nil {
 		return restoreErr(err)
