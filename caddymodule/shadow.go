@@ -605,8 +605,15 @@ func (a *App) handleShadow(w http.ResponseWriter, r *http.Request, name string, 
 		if err := method(r, http.MethodPost); err != nil {
 			return err
 		}
+		var req struct {
+			Reason string `json:"reason"`
+			By     string `json:"by"`
+		}
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
 		sw.shadowResults().Reset()
-		h.logger.Info("shadow report reset", zap.String("by", who(r, "")))
+		h.logger.Info("shadow report reset", zap.String("by", who(r, req.By)), zap.String("reason", req.Reason))
 	default:
 		return apiErr(http.StatusNotFound, "no such shadow endpoint: %s (want .../shadow or .../shadow/reset)", r.URL.Path)
 	}
