@@ -313,7 +313,9 @@ func (h *Handler) serveShadowed(consolidated bool, w http.ResponseWriter, r *htt
 	if repl != nil {
 		replayed, _ = repl.Get("http.switchback.replayed")
 	}
-	j.skip = cw.over || replayed == true
+	// An answer cut short (the client went away, the upstream's stream
+	// broke) or replaced by a replay is not the serving arm's answer.
+	j.skip = cw.over || cw.broken || err != nil || replayed == true
 	close(j.done)
 	if !cw.started {
 		// The arm answered with an error for Caddy to write: there is
@@ -467,6 +469,7 @@ type captureWriter struct {
 	header  http.Header // as it was when the status went out
 	body    []byte
 	over    bool
+	broken  bool // a write to the client failed
 }
 
 func (c *captureWriter) Header() http.Header {
@@ -499,7 +502,9 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 	}
 	n, err := len(p), error(nil)
 	if c.w != nil {
-		n, err = c.w.Write(p)
+		if n, err = c.w.Write(p); err != nil {
+			c.broken = true
+		}
 	}
 	if !c.over {
 		if int64(len(c.body)+n) > c.max {
@@ -600,8 +605,15 @@ func (a *App) handleShadow(w http.ResponseWriter, r *http.Request, name string, 
 		if err := method(r, http.MethodPost); err != nil {
 			return err
 		}
+		var req struct {
+			Reason string `json:"reason"`
+			By     string `json:"by"`
+		}
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
 		sw.shadowResults().Reset()
-		h.logger.Info("shadow report reset", zap.String("by", who(r, "")))
+		h.logger.Info("shadow report reset", zap.String("by", who(r, req.By)), zap.String("reason", req.Reason))
 	default:
 		return apiErr(http.StatusNotFound, "no such shadow endpoint: %s (want .../shadow or .../shadow/reset)", r.URL.Path)
 	}

@@ -251,3 +251,21 @@ func TestShadowUnsampledAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per unsampled request, want 0", n)
 	}
 }
+
+// TestShadowSkipsCutAnswers: a serving answer that broke after its status
+// went out is not the arm's answer, and is skipped, not compared.
+func TestShadowSkipsCutAnswers(t *testing.T) {
+	broken := armFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(200)
+		io.WriteString(w, `{"price":`)
+		return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF)
+	})
+	cons := &jsonArm{price: func(string) int { return 1 }}
+	h := withShadow(t, testHandler(t, state.ModeLegacy, 0, broken, cons), &Shadow{Sample: 1, Noise: new(float64)})
+	h.ServeHTTP(httptest.NewRecorder(), shadowRequest("GET", "/a", ""), nil)
+	res := h.sw.shadowResults()
+	waitFor(t, "the pair skipped", func() bool { return res.Report().Skipped == 1 })
+	if rep := res.Report(); rep.Compared != 0 {
+		t.Errorf("a cut answer was compared: %+v", rep)
+	}
+}

@@ -359,7 +359,7 @@ type armTransport struct {
 	arm    caddyhttp.MiddlewareHandler
 	server *caddyhttp.Server
 	logger *zap.Logger
-	task   string // whose request it is, for a panic's log and count
+	task   string // whose request it is, for a panic's log and count (default probe)
 }
 
 // probeRemoteAddr is the client address of a probe: the gateway itself.
@@ -383,7 +383,11 @@ func (t armTransport) serve(w http.ResponseWriter, r *http.Request) (err error) 
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
-				notePanic(t.logger, t.task, v)
+				task := t.task
+				if task == "" {
+					task = taskProbe
+				}
+				notePanic(t.logger, task, v)
 			}
 			err = fmt.Errorf("the arm panicked: %v", v)
 		}

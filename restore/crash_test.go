@@ -277,17 +277,34 @@ func TestCrashMountRoot(t *testing.T) {
 					t.Fatal("calibration child was killed")
 				}
 				full := time.Since(t0)
+				// When the stages were complete: half the kills land in
+				// the swap and after it, where the mount root's entries
+				// are exchanged.
+				tail := full / 2
+				e := newEnvAt(t, dir)
+				if ops, _ := e.m.ListOperations(context.Background(), 0); len(ops) > 0 && ops[0].Finished != nil {
+					for _, s := range ops[0].Steps {
+						if s.Name == "fsync" {
+							tail = full - ops[0].Finished.Sub(s.Start)
+						}
+					}
+				}
+				e.st.Close()
 				outcomes := map[string]int{}
-				for i := 0; i < 8; i++ {
+				for i := 0; i < 12; i++ {
 					dir, point, oldSnap, newSnap, cat := setup(t)
-					killed := runCrashChild(t, dir, point, append([]string{envCrashSleep + "=1"}, env...), time.Duration(rand.Int64N(int64(full))))
+					delay := time.Duration(rand.Int64N(int64(full)))
+					if i%2 == 1 {
+						delay = tail + time.Duration(rand.Int64N(int64(full-tail)+1))
+					}
+					killed := runCrashChild(t, dir, point, append([]string{envCrashSleep + "=1"}, env...), delay)
 					out := checkRecovered(t, dir, oldSnap, newSnap, cat)
 					if !killed {
 						out += " (not killed)"
 					}
 					outcomes[out]++
 				}
-				t.Logf("full run %s; outcomes: %v", full, outcomes)
+				t.Logf("full run %s, stages complete from %s; outcomes: %v", full, tail, outcomes)
 			})
 		})
 	}

@@ -64,7 +64,10 @@ const dashboardPassword = "correct horse battery staple"
 func startSiteDashboard(t *testing.T, extra string) *Gateway {
 	t.Helper()
 	dir := t.TempDir()
-	out, errOut, code := RunCLI(t, dir, "hash-password", "--plaintext", dashboardPassword)
+	// The lowest bcrypt cost: Caddy's default (14) costs a second or more
+	// per checked request on a busy machine, and these tests are not
+	// about the hash.
+	out, errOut, code := RunCLI(t, dir, "hash-password", "--plaintext", dashboardPassword, "--bcrypt-cost", "4")
 	if code != 0 {
 		t.Fatalf("hash-password: exit %d: %s", code, errOut)
 	}
@@ -374,4 +377,64 @@ func TestSiteDashboardRolloutAndShadowViews(t *testing.T) {
 		t.Errorf("the side-by-side diff highlights %d parts (err %v), want some", n, err)
 	}
 	screenshot(t, ctx, "site-dashboard-shadow.png")
+}
+
+// forwardAuthTemplate puts the dashboard behind forward_auth, which names
+// the user in the Remote-User header it copies from the auth server.
+const forwardAuthTemplate = `{
+	admin {ADMIN}
+	switchback {
+		state local {DIR}/state.db
+		backups {DIR}/backups
+		logs {DIR}/logs
+	}
+}
+http://{HTTP} {
+	handle_path /switchback-ui/* {
+		forward_auth {AUTH} {
+			uri /verify
+			copy_headers Remote-User
+		}
+		switchback_dashboard {
+			user {http.request.header.Remote-User}
+		}
+	}
+	handle {
+		switchback main {
+			weight 50
+			legacy {
+				reverse_proxy {LEGACY}
+			}
+			consolidated {
+				reverse_proxy {CONSOLIDATED}
+			}
+		}
+	}
+}
+`
+
+func TestSiteDashboardBehindForwardAuth(t *testing.T) {
+	auth := NewUpstream(t, "auth")
+	auth.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/verify" || r.Header.Get("Authorization") != "Bearer good" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Remote-User", "bob")
+	})
+	legacy, consolidated := NewUpstream(t, "legacy"), NewUpstream(t, "consolidated")
+	g := StartGateway(t, GatewayConfig{Template: forwardAuthTemplate, Legacy: legacy, Consolidated: consolidated,
+		Extra: map[string]string{"AUTH": auth.Addr()}})
+	change := map[string]string{"Origin": "http://" + g.HTTP, "X-Switchback-Action": "1", "Content-Type": "application/json"}
+	if code, body := siteRequest(t, g, http.MethodPost, "/switchback-ui/api/switches/main/weight", `{"weight":10}`, change); code != http.StatusUnauthorized {
+		t.Errorf("without a token: status %d (%s), want the auth server's 401", code, body)
+	}
+	// A client's own Remote-User is dropped: forward_auth's copy wins.
+	change["Authorization"], change["Remote-User"] = "Bearer good", "mallory"
+	if code, body := siteRequest(t, g, http.MethodPost, "/switchback-ui/api/switches/main/weight", `{"weight":10}`, change); code != http.StatusOK {
+		t.Fatalf("with a token: status %d (%s), want 200", code, body)
+	}
+	if sw := g.Switch(t, "main"); sw.Weight != 10 || sw.By != "bob via dashboard" {
+		t.Errorf("after the change: weight %g by %q, want 10 by bob via dashboard", sw.Weight, sw.By)
+	}
 }

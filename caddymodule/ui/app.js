@@ -485,8 +485,9 @@ function renderRollout(card, sw) {
   const cur = $("details.current-evidence", box);
   if (cur && open.has("current")) cur.open = true;
   const det = $("details.decisions", box);
+  // The decisions start open; once seen, they stay as the user left them.
   if (det && (open.has("decisions") || !box.dataset.seen)) det.open = true;
-  box.dataset.seen = "1";
+  if (det) box.dataset.seen = "1";
 }
 
 // renderDecision shows one decision: what, when, who, why, and the
@@ -596,7 +597,7 @@ function renderSamples(route, direction) {
       return el("article", { className: "sample" },
         el("p", { className: "muted" }, el("span", { className: "mono", text: s.request }), ` · ${ago(s.at)} · differs in `, el("span", { className: "mono", text: diffs.join(", ") || "nothing" })),
         el("div", { className: "side-by-side" },
-          answerView("served", s.serving, diffs),
+          answerView(ARMS.includes(direction) ? `served (${ARMS.find((a) => a !== direction)})` : "served", s.serving, diffs),
           answerView(`shadow (${direction || "other arm"})`, s.shadow, diffs)));
     }));
 }
