@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -155,6 +156,23 @@ func TestFleetRollout(t *testing.T) {
 	if total != 1 {
 		t.Errorf("the two live gateways counted %d advances; want 1 (the 25%% -> 50%% one)", total)
 	}
+
+	// The killed gateway's stats key goes with its session's TTL (10s;
+	// Consul may take up to twice that), while the live ones stay.
+	statsKeys := func() []string {
+		resp, err := http.Get("http://" + agent.Addr + "/v1/kv/" + f.prefix + "/stats/main/?keys")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var keys []string
+		json.NewDecoder(resp.Body).Decode(&keys)
+		return keys
+	}
+	Eventually(t, 40*time.Second, "the killed gateway's stats key to expire", func() bool {
+		keys := statsKeys()
+		return len(keys) == 2 && !slices.ContainsFunc(keys, func(k string) bool { return strings.HasSuffix(k, "/"+d.Gateway) })
+	})
 
 	// The killed gateway comes back mid-rollout: it serves the current step.
 	f.gws[decider].Restart()
