@@ -364,6 +364,47 @@ func TestSiteDashboardRolloutAndShadowViews(t *testing.T) {
 		`[...document.querySelectorAll('[data-switch="main"] .decision')].some((d) => d.dataset.kind === "start" && d.textContent.includes("oncall via dashboard"))`)
 	screenshot(t, ctx, "site-dashboard-rollout.png")
 
+	// Each control, clicked and confirmed in the page, reaches the real
+	// record, and the page shows the state it leads to.
+	for _, step := range []struct {
+		action, state string
+		weight        float64 // the switch's weight after it; -1 leaves it unchecked
+	}{
+		{"pause", "paused", 1},
+		{"resume", "running", 1},
+		{"abort", "aborted", -1},
+		{"retry", "running", 1},
+		{"promote", "completed", 100},
+	} {
+		within(t, ctx, 10*time.Second, step.action+" from the page",
+			chromedp.Click(chromedp.CSS(`[data-switch="main"] [data-rollout="`+step.action+`"]`)),
+			chromedp.WaitVisible(chromedp.ID("confirm-ok")),
+			chromedp.SendKeys(chromedp.ID("confirm-reason"), "browser "+step.action),
+			chromedp.Click(chromedp.ID("confirm-ok")),
+		)
+		waitJS(t, ctx, 10*time.Second, "the page to show the rollout "+step.state+" after "+step.action,
+			`document.querySelector('[data-switch="main"] .rollout-state').textContent === "`+strings.ReplaceAll(step.state, "_", " ")+`"`)
+		var rec struct {
+			Weight  float64 `json:"weight"`
+			Rollout struct {
+				State     string `json:"state"`
+				Decisions []struct {
+					Kind string `json:"kind"`
+					By   string `json:"by"`
+				} `json:"decisions"`
+			} `json:"rollout"`
+		}
+		if code := g.AdminJSON(t, http.MethodGet, "/switchback/switches/main", nil, &rec); code != 200 {
+			t.Fatalf("GET the switch after %s: status %d", step.action, code)
+		}
+		if rec.Rollout.State != step.state || (step.weight >= 0 && rec.Weight != step.weight) {
+			t.Fatalf("after %s from the page: rollout %q at weight %g, want %q at %g", step.action, rec.Rollout.State, rec.Weight, step.state, step.weight)
+		}
+		if n := len(rec.Rollout.Decisions); n == 0 || rec.Rollout.Decisions[n-1].Kind != step.action || !strings.Contains(rec.Rollout.Decisions[n-1].By, "oncall via dashboard") {
+			t.Fatalf("after %s from the page, the last decision is %+v, want %s by oncall via dashboard", step.action, rec.Rollout.Decisions, step.action)
+		}
+	}
+
 	// Shadow: every request is copied to the other arm, whose answer (its
 	// name) differs, so the report has a mismatching route with a sample.
 	armsOf(t, g, 40)
