@@ -45,20 +45,33 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 const maxBody = 1 << 20
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/switchback/"), "/")
-	parts := strings.Split(path, "/")
-	if parts[0] == "ui" {
-		return serveUI(w, r, parts[1:])
+	rel := strings.TrimPrefix(r.URL.Path, "/switchback/")
+	if rest, ok := strings.CutPrefix(rel, "ui"); ok && (rest == "" || rest[0] == '/') {
+		return serveUI(w, r, uiAdmin, rest)
 	}
 	app, err := activeApp()
 	if err != nil {
 		return err
 	}
+	return app.serveAPI(w, r, rel)
+}
+
+// serveAPI routes one request of the switchback API, rel being its path
+// below the API's root ("switches/main/mode"). The admin endpoint serves
+// it under /switchback/ and the switchback_dashboard handler under api/;
+// the routes and what they do are the same for both.
+func (app *App) serveAPI(w http.ResponseWriter, r *http.Request, rel string) error {
+	path := strings.TrimSuffix(rel, "/")
+	parts := strings.Split(path, "/")
 	switch {
+	case path == "session":
+		return app.handleSession(w, r)
 	case path == "switches":
 		return app.handleSwitches(w, r)
 	case parts[0] == "switches" && len(parts) == 2:
 		return app.handleSwitch(w, r, parts[1])
+	case parts[0] == "switches" && len(parts) >= 3 && parts[2] == "shadow":
+		return app.handleShadow(w, r, parts[1], parts[3:])
 	case parts[0] == "switches" && len(parts) == 3 && parts[2] == "rollout":
 		return app.handleRollout(w, r, parts[1])
 	case parts[0] == "switches" && len(parts) == 4 && parts[2] == "override" && parts[3] == "sign":
@@ -137,9 +150,13 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// who describes the author of an admin change: the body's "by" if given,
-// and the remote address.
+// who describes the author of a change: on the dashboard, the user that
+// the site's authentication named (see actorFrom); on the admin endpoint,
+// the body's "by" if given, and the remote address.
 func who(r *http.Request, by string) string {
+	if actor, ok := actorFrom(r); ok {
+		return actor
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr

@@ -190,6 +190,9 @@ func (a *App) handleCreatePoint(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
+	if err := a.checkPointType(req.Type); err != nil {
+		return err
+	}
 	p, err := a.restore.CreatePoint(r.Context(), req.options())
 	if err != nil {
 		return restoreErr(err)
@@ -257,7 +260,7 @@ func errStatus(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, restore.ErrValidationFailed):
 		return StatusValidationFailed
-	case errors.Is(err, restore.ErrVerifyFailed), errors.Is(err, restore.ErrForeignPoint), errors.Is(err, restore.ErrUnfinished):
+	case errors.Is(err, restore.ErrVerifyFailed), errors.Is(err, restore.ErrForeignPoint), errors.Is(err, restore.ErrUnfinished), errors.Is(err, restore.ErrMountPoint):
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, state.ErrUnavailable):
 		return http.StatusServiceUnavailable

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"go.uber.org/zap"
 
 	"github.com/leanvibe/switchback/restore"
@@ -231,9 +230,10 @@ type offlineBackend struct {
 
 // loadOffline reads a config file (Caddyfile or JSON) and sets up its
 // switchback app without starting a server. It also returns the config's
-// admin address.
-func loadOffline(configFile string, progress func(restore.Progress)) (*offlineBackend, string, error) {
-	cfgJSON, _, _, err := caddycmd.LoadConfig(configFile, "")
+// admin address. Caddy's log lines about loading the file go to errOut
+// only when verbose (see loadConfig).
+func loadOffline(configFile string, verbose bool, errOut io.Writer, progress func(restore.Progress)) (*offlineBackend, string, error) {
+	cfgJSON, err := loadConfig(configFile, verbose, errOut)
 	if err != nil {
 		return nil, "", fmt.Errorf("loading %s: %w", configFile, err)
 	}
@@ -298,6 +298,9 @@ func (b *offlineBackend) ChangeSwitch(ctx context.Context, name, action string, 
 }
 
 func (b *offlineBackend) CreatePoint(ctx context.Context, req CreatePointRequest) (restore.Point, error) {
+	if err := b.app.checkPointType(req.Type); err != nil {
+		return restore.Point{}, err
+	}
 	return b.app.restore.CreatePoint(ctx, req.options())
 }
 

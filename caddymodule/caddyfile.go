@@ -190,6 +190,10 @@ func (h *Handler) unmarshal(hp httpcaddyfile.Helper) error {
 			if err := h.unmarshalAutoRecover(d); err != nil {
 				return err
 			}
+		case "shadow":
+			if err := h.unmarshalShadow(d); err != nil {
+				return err
+			}
 		case "rollout":
 			if err := h.unmarshalRollout(d); err != nil {
 				return err

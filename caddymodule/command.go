@@ -44,6 +44,7 @@ type cliOptions struct {
 	address string
 	config  string
 	json    bool
+	verbose bool
 }
 
 // AddFlags adds the shared flags.
@@ -51,6 +52,7 @@ func (o *cliOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.address, "address", "", "admin address of the gateway (default: the config's admin address, or localhost:2019)")
 	f.StringVar(&o.config, "config", "", "config file for offline mode: work on the state store and backups directly when the gateway does not answer")
 	f.BoolVar(&o.json, "json", false, "print JSON")
+	f.BoolVar(&o.verbose, "verbose", false, "also print Caddy's log lines (loading and adapting the config)")
 }
 
 // cli is one run of a command.
@@ -75,7 +77,7 @@ func (c *cli) open(ctx context.Context, progress func(restore.Progress)) (backen
 	if c.opts.config != "" {
 		var cfgAddr string
 		var err error
-		off, cfgAddr, err = loadOffline(c.opts.config, progress)
+		off, cfgAddr, err = loadOffline(c.opts.config, c.opts.verbose, c.errOut, progress)
 		if err != nil {
 			return nil, err
 		}
@@ -358,7 +360,7 @@ record, to the state store and to logs/rollback-<op>.json.
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "validate-system",
 		Usage: "--level basic|standard|comprehensive",
-		Short: "Checks the system after a rollback",
+		Short: "Checks the system after a rollback (run as: switchback validate --level L)",
 		Long: `Runs the post-rollback checklist.
   basic          the configured paths exist and the validate URLs answer as expected
   standard       basic, plus the live files match the manifest restored last
@@ -448,6 +450,7 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 }
 
 func trafficCommand(cmd *cobra.Command) {
+	rootCommand = cmd.Root
 	var weight, reason, name string
 	flags := func(f *pflag.FlagSet) {
 		f.StringVar(&weight, "weight", "", "percent of users sent to consolidated, 0 to 100 in steps of 0.01 (25, 0.5 or 0.5%)")

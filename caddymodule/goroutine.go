@@ -24,6 +24,7 @@ const (
 	taskCacheWriter  = "cache_writer"
 	taskSecret       = "cookie_secret_refresh"
 	taskRecovery     = "restore_recovery"
+	taskShadow       = "shadow"
 	taskRollout      = "rollout"
 	taskOverrideKey  = "override_key"
 )
@@ -36,7 +37,7 @@ const (
 var goroutinePanics = func() *metrics.Set {
 	s := metrics.NewSet()
 	for _, task := range []string{taskProbe, taskMonitor, taskLegacyWatch, taskAutoRecover, taskTrip, taskActions,
-		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout} {
+		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout, taskShadow} {
 		s.GetOrCreateCounter(panicSeries(task))
 	}
 	return s

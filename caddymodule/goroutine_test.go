@@ -104,6 +104,7 @@ func TestArmTransportPanicFailsProbe(t *testing.T) {
 				arm:    armFunc(func(http.ResponseWriter, *http.Request) error { panic(tc.value) }),
 				server: new(caddyhttp.Server),
 				logger: zap.NewNop(),
+				task:   taskProbe,
 			}
 			req, _ := http.NewRequest(http.MethodGet, "http://switchback-probe/health", nil)
 			if _, err := tr.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "panicked") {

@@ -97,6 +97,10 @@ type Handler struct {
 	OnTrip    []Action `json:"on_trip,omitempty"`
 	OnRecover []Action `json:"on_recover,omitempty"`
 
+	// Shadow, if set, sends copies of a share of the requests to the arm
+	// that did not serve them and compares the answers (see shadow.go).
+	Shadow *Shadow `json:"shadow,omitempty"`
+
 	// Rollout, if set, walks the weight through steps (see Rollout). Nil
 	// means the weight moves only by hand.
 	Rollout *Rollout `json:"rollout,omitempty"`
@@ -119,7 +123,8 @@ type Handler struct {
 	replay       bool
 	maxBody      int64
 	replayUnsafe caddyhttp.MatcherSets
-	ovr          *overrider // nil without an Override
+	shadowRun    *shadowRunner // nil without a shadow block
+	ovr          *overrider    // nil without an Override
 	logger       *zap.Logger
 	ctx          caddy.Context
 	stepGates    []stepGate // conditions on leaving a rollout step, added in Provision (rollout.go)
@@ -330,6 +335,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.app.checkRecord(ctx, sw.name); err != nil {
 		return err
 	}
+	if err := h.provisionShadow(ctx); err != nil {
+		return err
+	}
+	h.addShadowGate()
 	if h.Override != nil {
 		if err := h.startOverride(ctx); err != nil {
 			return err
@@ -367,6 +376,7 @@ func (h *Handler) commit() {
 		sw.win.Store(h.win)
 	}
 	prev := sw.handler.Swap(h)
+	h.publishShadowCounts()
 	if h.signer != nil && prev != nil && prev.signer != nil {
 		// A changed key still accepts the previous one for a while.
 		h.signer.Store(h.signer.Load().after(prev.signer.Load(), time.Now()))
@@ -389,6 +399,7 @@ func (h *Handler) commit() {
 		goLoop(h.ctx, h.logger, taskAutoRecover, h.autoRecoverLoop)
 	}
 	if h.Rollout != nil {
+		h.syncPlan(h.ctx) // the record shows the rollout once the config is in force
 		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
 	} else {
 		h.pauseOrphanRollout(h.ctx)
@@ -446,6 +457,9 @@ func (h *Handler) checkConfig() error {
 	}
 	if err := h.rules().Validate(); err != nil {
 		return fmt.Errorf("switch %s: trip: %w", h.Name, err)
+	}
+	if err := h.Shadow.check(); err != nil {
+		return fmt.Errorf("switch %s: %w", h.Name, err)
 	}
 	if h.Override != nil {
 		if err := h.Override.check(h.sticky()); err != nil {
@@ -615,6 +629,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	v := h.sw.view.Load()
 	consolidated := h.pick(v, w, r)
+	if h.shadowRun != nil && h.shadowRun.sample(v, consolidated, r) {
+		return h.serveShadowed(consolidated, w, r, next, repl)
+	}
+	return h.serveArm(consolidated, w, r, next, repl)
+}
+
+// serveArm serves the request on the arm picked.
+func (h *Handler) serveArm(consolidated bool, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
 	if !consolidated {
 		return h.serve(armLegacy, h.legacy, w, r, next, repl)
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -214,4 +216,34 @@ func (h *Handler) runExec(ctx context.Context, a Action, event map[string]any, l
 // shellQuote quotes s for sh so it is passed as one literal argument.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// pointsExample is the snippet a user without a points block is shown.
+const pointsExample = `
+	{
+		switchback {
+			points {
+				full_system /etc/myapp /var/lib/myapp
+				configuration_only /etc/myapp
+				data /var/lib/myapp
+				component orchestrator /opt/orchestrator
+			}
+		}
+	}`
+
+// checkPointType refuses a point the config has no paths for, telling a
+// first-time user what to add to the Caddyfile. Other mistakes are left
+// to restore.
+func (a *App) checkPointType(typ string) error {
+	switch {
+	case typ == restore.TypePartialComponent && len(a.Components) == 0:
+		return apiErr(http.StatusBadRequest, "no components are configured for partial_component points: add a component line to the points block of the switchback global option, for example:\n%s\nthen reload the gateway (switchback reload --config Caddyfile)", pointsExample)
+	case typ != restore.TypePartialComponent && slices.Contains(restore.Types, typ) && len(a.Points[typ]) == 0:
+		what := "no points block"
+		if len(a.Points) > 0 || len(a.Components) > 0 {
+			what = "no " + typ + " line in the points block"
+		}
+		return apiErr(http.StatusBadRequest, "no paths are configured for point type %s (%s in the switchback global option): add one, for example:\n%s\nthen reload the gateway (switchback reload --config Caddyfile)", typ, what, pointsExample)
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
@@ -115,11 +116,23 @@ func (r *Rollout) plan() *state.Rollout {
 		minReq = 0
 	}
 	p := &state.Rollout{
-		State: state.RolloutIdle, Steps: slices.Clone(r.Steps), Hold: hold.String(),
+		State: state.RolloutIdle, Steps: slices.Clone(r.Steps), Hold: shortDuration(hold),
 		MinRequests: minReq, Gates: slices.Clone(r.Gates),
 	}
 	p.Plan = planPrint(p)
 	return p
+}
+
+// shortDuration formats d as people write it: "5m", "1h30m", "500ms".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // planPrint fingerprints a rollout's plan.
@@ -200,9 +213,12 @@ type statsRecord struct {
 	Window  map[string]health.Counts `json:"window"`
 	Step    string                   `json:"step,omitempty"`
 	AtStep  map[string]health.Counts `json:"step_counts,omitempty"`
-	Shadow  *struct {
-		Step *ShadowStepStats `json:"step,omitempty"`
-	} `json:"shadow,omitempty"`
+	Shadow  *shadowStats             `json:"shadow,omitempty"`
+}
+
+// shadowStats is the shadow part of a stats record.
+type shadowStats struct {
+	Step *ShadowStepStats `json:"step,omitempty"`
 }
 
 // stats returns this gateway's stats record of the switch now.
@@ -222,9 +238,7 @@ func (sw *Switch) stats(gateway string) statsRecord {
 		}
 		if fn := sw.shadowCounts.Load(); fn != nil {
 			if s := (*fn)(st.id); s != nil {
-				rec.Shadow = &struct {
-					Step *ShadowStepStats `json:"step,omitempty"`
-				}{Step: s}
+				rec.Shadow = &shadowStats{Step: s}
 			}
 		}
 	}
@@ -244,8 +258,7 @@ func (h *Handler) publishStats(ctx context.Context) error {
 
 // fleetEvidence sums every live gateway's counts at the rollout's current
 // step, this gateway's own taken fresh from memory. With the local store
-// it is this gateway's alone. It returns the evidence and the summed
-// consolidated count.
+// it is this gateway's alone.
 func (h *Handler) fleetEvidence(ctx context.Context, ro *state.Rollout) (*state.Evidence, error) {
 	lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -351,8 +364,8 @@ type rolloutView struct {
 // fleet, for the config's lifetime. It publishes this gateway's counters
 // and, while the rollout runs, judges the current step on the fleet's.
 func (h *Handler) rolloutLoop(ctx context.Context) {
-	tick := time.NewTicker(rolloutEvery)
-	defer tick.Stop()
+	timer := time.NewTimer(rolloutEvery)
+	defer timer.Stop()
 	var clock stateClock
 	var published time.Time
 	planned := false
@@ -372,11 +385,16 @@ func (h *Handler) rolloutLoop(ctx context.Context) {
 				publishErr = ""
 			}
 		}
-		h.evaluateRollout(ctx, &clock, time.Now(), health.Now())
+		// A hold that ends before the next tick is judged when it ends.
+		wait := rolloutEvery
+		if left := h.evaluateRollout(ctx, &clock, time.Now(), health.Now()); left > 0 && left < wait {
+			wait = left + time.Millisecond
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		}
 	}
 }
@@ -453,15 +471,16 @@ func (sw *Switch) pendingNow() bool {
 
 // evaluateRollout judges the current step once: it records what the step
 // waits for, and advances (or completes) the rollout when nothing does.
-func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall time.Time, mono int64) {
+// It returns how much of the step's hold is left, 0 when none is.
+func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall time.Time, mono int64) (holdLeft time.Duration) {
 	rec, pending := h.sw.Record()
 	ro := rec.Rollout
 	if ro == nil || ro.State != state.RolloutRunning {
 		h.sw.rollout.Store(nil)
-		return
+		return 0
 	}
 	if pending || rec.Tripped {
-		return // a local change (a trip) is on its way to the store first
+		return 0 // a local change (a trip) is on its way to the store first
 	}
 	if rec.Mode != state.ModeSplit || rec.Weight != ro.Weight() {
 		h.rolloutWrite(ctx, ro, state.RolloutRunning, "pause", func(cur *state.Switch, ro *state.Rollout, d *state.Decision) {
@@ -469,14 +488,15 @@ func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall t
 			d.Reason = fmt.Sprintf("the switch was moved by hand to %s at %s%% (by %s), off the step's %s%%: paused", cur.Mode, cur.Weight, cur.By, ro.Weight())
 			cur.Reason = "rollout paused: " + d.Reason
 		})
-		return
+		return 0
 	}
 	ev, err := h.fleetEvidence(ctx, ro)
 	if err != nil {
 		h.sw.rollout.Store(&rolloutView{step: ro.StepID(), waiting: "waiting: the fleet's evidence (" + err.Error() + ")"})
-		return
+		return 0
 	}
 	age := clock.age(ro.StepStarted, stepStampWall(ro, h.app.gateway, wall), mono)
+	holdLeft = max(holdOf(ro)-age, 0)
 	waiting, approval := h.stepWaiting(ro, ev, age)
 	h.sw.rollout.Store(&rolloutView{step: ro.StepID(), waiting: waiting, evidence: ev})
 	switch {
@@ -506,6 +526,7 @@ func (h *Handler) evaluateRollout(ctx context.Context, clock *stateClock, wall t
 			cur.Reason = fmt.Sprintf("rollout step %d/%d: %s%%", ro.Step+1, len(ro.Steps), ro.Weight())
 		})
 	}
+	return holdLeft
 }
 
 // stepStampWall is the wall time from which a gateway judges, at first sight,
@@ -537,7 +558,11 @@ func roundAge(d time.Duration) time.Duration { return d.Round(10 * time.Millisec
 // gateway judges), then an approval of the next step (approval is then true: everything else is met).
 func (h *Handler) stepWaiting(ro *state.Rollout, ev *state.Evidence, age time.Duration) (waiting string, approval bool) {
 	if hold := holdOf(ro); age < hold {
-		return "waiting: hold " + (hold - age).Round(time.Second).String(), false
+		left := (hold - age).Round(time.Second)
+		if hold-age < time.Second {
+			left = (hold - age).Round(10 * time.Millisecond)
+		}
+		return "waiting: hold " + left.String(), false
 	}
 	if n := ev.Arms[armConsolidated].Requests; n < uint64(ro.MinRequests) {
 		return fmt.Sprintf("waiting: %d/%d requests", n, ro.MinRequests), false
@@ -572,6 +597,11 @@ func (h *Handler) rolloutWrite(ctx context.Context, seen *state.Rollout, want st
 	written, err := state.UpdateSwitch(wctx, h.app.store, h.Name, func(cur state.Switch, exists bool) (state.Switch, bool) {
 		won = false
 		if !exists || cur.Rollout == nil || cur.Rollout.StepID() != id || cur.Rollout.State != want || cur.Tripped {
+			return cur, false
+		}
+		// The engine pauses a switch moved off its step by hand, and
+		// decides anything else only on a switch still at its step.
+		if onStep := cur.Mode == state.ModeSplit && cur.Weight == cur.Rollout.Weight(); onStep == (kind == "pause") {
 			return cur, false
 		}
 		n := cur.Copy()
@@ -669,11 +699,8 @@ func abortOnTrip(cur *state.Switch, v health.Verdict, ev *state.Evidence, gatewa
 // rolloutMetrics are a switch's rollout series.
 type rolloutMetrics struct {
 	mu        sync.Mutex
-	decisions map[[2]string]counter // by kind and rule
+	decisions map[[2]string]*metrics.Counter // by kind and rule
 }
-
-// counter is the part of a metrics.Counter the engine uses.
-type counter interface{ Inc() }
 
 // addRolloutMetrics registers the rollout's gauges of a switch.
 func (m *switchMetrics) addRolloutMetrics(sw *Switch) {
@@ -705,11 +732,11 @@ func (m *switchMetrics) addRolloutMetrics(sw *Switch) {
 		}
 		return max(time.Since(rec.Rollout.StepStarted).Seconds(), 0)
 	})
-	m.rollout.decisions = map[[2]string]counter{}
+	m.rollout.decisions = map[[2]string]*metrics.Counter{}
 }
 
 // rolloutDecision returns the decisions counter of a kind and rule.
-func (m *switchMetrics) rolloutDecision(name, kind, rule string) counter {
+func (m *switchMetrics) rolloutDecision(name, kind, rule string) *metrics.Counter {
 	m.rollout.mu.Lock()
 	defer m.rollout.mu.Unlock()
 	k := [2]string{kind, rule}

@@ -255,3 +255,52 @@ func BenchmarkServeHTTPRolloutStep(b *testing.B) {
 		b.Fatal("the step's tally counted nothing")
 	}
 }
+
+// TestRolloutPlanChange checks how a changed rollout block reaches the
+// record: an idle rollout takes it at once; a running one keeps its plan,
+// marked plan_changed, until a retry applies the new one.
+func TestRolloutPlanChange(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.db")
+	oldCfg := &Rollout{Steps: []state.Weight{100, 10000}}
+	newCfg := &Rollout{Steps: []state.Weight{50, 2500, 10000}, Hold: 1e9}
+	h := rolloutGateway(t, path, "gw-a", oldCfg)
+	putSwitch(t, h.app.store, state.Switch{Name: "main", Mode: state.ModeSplit, Since: time.Now().UTC()})
+	follow(t, h)
+	if !h.syncPlan(ctx) {
+		t.Fatal("syncPlan did not settle")
+	}
+	if rec := follow(t, h); rec.Rollout == nil || rec.Rollout.State != state.RolloutIdle || len(rec.Rollout.Steps) != 2 {
+		t.Fatalf("first config: %+v", rec.Rollout)
+	}
+	// Idle: the new plan replaces the old.
+	h.Rollout = newCfg
+	h.syncPlan(ctx)
+	if rec := follow(t, h); len(rec.Rollout.Steps) != 3 || rec.Rollout.PlanChanged || rec.Rollout.Hold != "1s" {
+		t.Fatalf("idle rollout after a config change: %+v", rec.Rollout)
+	}
+	// Running: the plan stays, marked changed, until a retry.
+	rec, _ := h.sw.Record()
+	if _, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+		_, err := rolloutControl(cur, rolloutRequest{Action: "start"}, newCfg.plan(), "op", "gw-a", time.Now().UTC())
+		return err == nil
+	}); err != nil || rec.Rollout == nil {
+		t.Fatal(err)
+	}
+	h.Rollout = oldCfg
+	h.syncPlan(ctx)
+	got := follow(t, h)
+	if got.Rollout.State != state.RolloutRunning || len(got.Rollout.Steps) != 3 || !got.Rollout.PlanChanged || got.Weight != 50 {
+		t.Fatalf("running rollout after a config change: %s, steps %v, plan_changed %v, weight %v", got.Rollout.State, got.Rollout.Steps, got.Rollout.PlanChanged, got.Weight)
+	}
+	if _, err := h.sw.change(ctx, h.app, func(cur *state.Switch) bool {
+		_, err := rolloutControl(cur, rolloutRequest{Action: "retry"}, oldCfg.plan(), "op", "gw-a", time.Now().UTC())
+		return err == nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got = follow(t, h)
+	if len(got.Rollout.Steps) != 2 || got.Rollout.PlanChanged || got.Weight != 100 || got.Rollout.Step != 0 {
+		t.Fatalf("after retry: steps %v, plan_changed %v, weight %v, step %d", got.Rollout.Steps, got.Rollout.PlanChanged, got.Weight, got.Rollout.Step)
+	}
+}

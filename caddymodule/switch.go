@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/leanvibe/switchback/health"
+	"github.com/leanvibe/switchback/shadow"
 	"github.com/leanvibe/switchback/state"
 )
 
@@ -52,6 +53,8 @@ type Switch struct {
 	handler atomic.Pointer[Handler]
 
 	metrics *switchMetrics
+
+	shadow atomic.Pointer[shadow.Results] // made on first use: shadowResults
 
 	// step counts the answers at the rollout's current step, nil when no
 	// rollout is under way; rollout is the engine's last view of the step
@@ -117,9 +120,13 @@ func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 	sw.view.Store(&view{mode: rec.Mode, weight: rec.Weight, threshold: threshold(rec.Weight)})
 	sw.syncStep(rec.Rollout)
 	if h := sw.handler.Load(); h != nil && h.monitor != nil {
-		if rec.Mode != state.ModeLegacy && !h.monitor.Armed() {
+		if rec.Mode != state.ModeLegacy && (!h.monitor.Armed() || prevTripped && !rec.Tripped) {
 			// Traffic can reach consolidated again (a reset, a half-open
 			// state, or a change on another gateway): watch it afresh.
+			// A gateway that followed another's trip kept its monitor
+			// armed, but its window still holds the failures from before
+			// the trip, which must not trip the switch again after a
+			// reset or a rollout's retry.
 			if w := sw.win.Load(); w != nil {
 				w.consolidated.Reset()
 			}

@@ -346,7 +346,7 @@ func (h *Handler) startProbe(ctx caddy.Context) error {
 		URL:      "http://switchback-probe" + h.Probe.Path,
 		Interval: interval,
 		Timeout:  timeout,
-		Client:   &http.Client{Transport: armTransport{arm: arm, server: srv, logger: h.logger}, Timeout: timeout},
+		Client:   &http.Client{Transport: armTransport{arm: arm, server: srv, logger: h.logger, task: taskProbe}, Timeout: timeout},
 	}
 	goLoop(ctx, h.logger, taskProbe, h.probe.Run)
 	return nil
@@ -359,33 +359,42 @@ type armTransport struct {
 	arm    caddyhttp.MiddlewareHandler
 	server *caddyhttp.Server
 	logger *zap.Logger
+	task   string // whose request it is, for a panic's log and count (default probe)
 }
 
 // probeRemoteAddr is the client address of a probe: the gateway itself.
 const probeRemoteAddr = "127.0.0.1:0"
 
-func (t armTransport) RoundTrip(r *http.Request) (resp *http.Response, err error) {
-	// An arm that panics fails the probe, as it would fail a request (the
-	// http server recovers a handler's panic), and never ends the probe
-	// loop. http.ErrAbortHandler is how reverse_proxy gives up on a
-	// broken upstream stream: an arm failure, not a fault of ours.
-	defer func() {
-		if v := recover(); v != nil {
-			if v != http.ErrAbortHandler {
-				notePanic(t.logger, taskProbe, v)
-			}
-			resp, err = nil, fmt.Errorf("the arm panicked: %v", v)
-		}
-	}()
+func (t armTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.RemoteAddr = probeRemoteAddr
-	r.RequestURI = r.URL.RequestURI()
 	w := httptest.NewRecorder()
-	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, t.server)
-	err = t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
-		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("arm did not answer the probe"))
-	}))
-	if err != nil {
+	if err := t.serve(w, r); err != nil {
 		return nil, err
 	}
 	return w.Result(), nil
+}
+
+// serve serves r with the arm into w. An arm that panics fails the
+// request, as it would fail a client's (the http server recovers a
+// handler's panic), and never ends the caller's loop.
+// http.ErrAbortHandler is how reverse_proxy gives up on a broken upstream
+// stream: an arm failure, not a fault of ours.
+func (t armTransport) serve(w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				task := t.task
+				if task == "" {
+					task = taskProbe
+				}
+				notePanic(t.logger, task, v)
+			}
+			err = fmt.Errorf("the arm panicked: %v", v)
+		}
+	}()
+	r.RequestURI = r.URL.RequestURI()
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, t.server)
+	return t.arm.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("the arm did not answer"))
+	}))
 }

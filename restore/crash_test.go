@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The crash tests re-run the test binary as a child that restores a point
@@ -25,6 +28,8 @@ const (
 	envCrashPoint = "SWITCHBACK_CRASH_POINT"
 	envCrashAt    = "SWITCHBACK_CRASH_AT"
 	envCrashSleep = "SWITCHBACK_CRASH_SLEEP"
+	envCrashFail  = "SWITCHBACK_CRASH_FAIL"
+	envNoExchange = "SWITCHBACK_NO_EXCHANGE"
 )
 
 // TestCrashChild is the child side; it does nothing unless run by the
@@ -35,18 +40,23 @@ func TestCrashChild(t *testing.T) {
 		return
 	}
 	e := newEnvAt(t, dir)
+	noExchange = os.Getenv(envNoExchange) != ""
 	at := os.Getenv(envCrashAt)
 	sleep := os.Getenv(envCrashSleep) != ""
+	fail := os.Getenv(envCrashFail)
 	e.m.testHook = func(point string) error {
 		if at != "" && strings.HasPrefix(point, at) {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+		if fail != "" && point == fail {
+			return errors.New("injected failure at " + point)
 		}
 		if sleep {
 			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
 		}
 		return nil
 	}
-	if _, err := e.m.Rollback(context.Background(), os.Getenv(envCrashPoint), RollbackOptions{Trigger: "crash-test"}); err != nil {
+	if _, err := e.m.Rollback(context.Background(), os.Getenv(envCrashPoint), RollbackOptions{Trigger: "crash-test"}); err != nil && fail == "" {
 		t.Fatal(err)
 	}
 }
@@ -55,7 +65,12 @@ func TestCrashChild(t *testing.T) {
 // live tree in the "old" state, and returns both snapshots.
 func crashSetup(t *testing.T) (dir, point, oldSnap, newSnap, cat string) {
 	t.Helper()
-	dir = t.TempDir()
+	return crashSetupIn(t, t.TempDir())
+}
+
+// crashSetupIn is crashSetup in dir, which may hold mounts already.
+func crashSetupIn(t *testing.T, dir string) (_, point, oldSnap, newSnap, cat string) {
+	t.Helper()
 	e := newEnvAt(t, dir)
 	files := map[string]string{"app/core/empty/": "", "config/c.toml": "c=1", "data/link": "->../app/f0"}
 	for i := 0; i < 150; i++ {
@@ -69,7 +84,10 @@ func crashSetup(t *testing.T) (dir, point, oldSnap, newSnap, cat string) {
 	for i := 0; i < 150; i += 3 {
 		writeTree(t, dir, map[string]string{fmt.Sprintf("app/d%d/f%d", i%10, i): "old" + strconv.Itoa(i)})
 	}
-	writeTree(t, dir, map[string]string{"config/c.toml": "c=2", "config/extra": "x", "data/link": "->elsewhere"})
+	for i := 0; i < 150; i += 5 {
+		writeTree(t, dir, map[string]string{fmt.Sprintf("data/f%d", i): "old" + strconv.Itoa(i)})
+	}
+	writeTree(t, dir, map[string]string{"config/c.toml": "c=2", "config/extra": "x", "data/link": "->elsewhere", "data/extra/x": "x"})
 	os.RemoveAll(filepath.Join(dir, "app/d3"))
 	os.Remove(filepath.Join(dir, "data/f7"))
 	oldSnap = snapshotAll(t, e.roots()...)
@@ -124,7 +142,9 @@ func checkRecovered(t *testing.T, dir, oldSnap, newSnap, cat string) string {
 	default:
 		t.Fatalf("after recovery the tree is neither old nor new:\n%s\n--- old\n%s\n--- new\n%s", got, oldSnap, newSnap)
 	}
-	noLeftovers(t, dir)
+	for _, d := range append([]string{dir, filepath.Join(dir, "logs")}, e.roots()...) {
+		noLeftovers(t, d)
+	}
 	for _, op := range recovered {
 		switch {
 		case op.Status == StatusRolledBack && outcome != "old", op.Status == StatusRolledForward && outcome != "new":
@@ -207,4 +227,155 @@ func TestCrashAtRandomInstants(t *testing.T) {
 		outcomes[out]++
 	}
 	t.Logf("full run %s; outcomes over %d kills: %v", full, runs, outcomes)
+}
+
+// TestCrashMountRoot: kill -9 at each step of a restore whose data root
+// is a mount point (its entries are exchanged from inside), and at random
+// instants; recovery must leave every root all old or all new, alike,
+// with nothing of the restore left inside the mount.
+func TestCrashMountRoot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	for _, kind := range []string{"tmpfs", "bind", "tmpfs-rename"} {
+		t.Run(kind, func(t *testing.T) {
+			var env []string
+			if kind == "tmpfs-rename" {
+				// As on a filesystem without RENAME_EXCHANGE.
+				env = []string{envNoExchange + "=1"}
+			}
+			setup := func(t *testing.T) (string, string, string, string, string) {
+				dir := t.TempDir()
+				mountAt(t, strings.TrimSuffix(kind, "-rename"), dir, filepath.Join(dir, "data"))
+				return crashSetupIn(t, dir)
+			}
+			points := []string{
+				"after-fsync",         // stages complete, nothing swapped
+				"swap-2-begun",        // journal says swapping the mount root
+				"mount-exchanged f10", // entries exchanged, the last one's old entry still in the stage
+				"mount-moved f5",      // some entries swapped, some not
+				"mount-moved link",    // every entry swapped; what the point lacks not yet aside
+				"swap-2-renamed",      // all swapped, the root's metadata set, not journalled
+			}
+			want := map[string]string{"after-fsync": "old"}
+			for _, at := range points {
+				t.Run(at, func(t *testing.T) {
+					dir, point, oldSnap, newSnap, cat := setup(t)
+					if !runCrashChild(t, dir, point, append([]string{envCrashAt + "=" + at}, env...), 0) {
+						t.Fatalf("child was not killed at %q", at)
+					}
+					got := checkRecovered(t, dir, oldSnap, newSnap, cat)
+					if w := want[at]; w == "" && got != "new" || w != "" && got != w {
+						t.Errorf("crash at %q: tree is %s", at, got)
+					}
+				})
+			}
+			t.Run("random", func(t *testing.T) {
+				dir, point, _, _, _ := setup(t)
+				t0 := time.Now()
+				if runCrashChild(t, dir, point, append([]string{envCrashSleep + "=1"}, env...), 0) {
+					t.Fatal("calibration child was killed")
+				}
+				full := time.Since(t0)
+				// When the stages were complete: half the kills land in
+				// the swap and after it, where the mount root's entries
+				// are exchanged.
+				tail := full / 2
+				e := newEnvAt(t, dir)
+				if ops, _ := e.m.ListOperations(context.Background(), 0); len(ops) > 0 && ops[0].Finished != nil {
+					for _, s := range ops[0].Steps {
+						if s.Name == "fsync" {
+							tail = full - ops[0].Finished.Sub(s.Start)
+						}
+					}
+				}
+				e.st.Close()
+				outcomes := map[string]int{}
+				for i := 0; i < 12; i++ {
+					dir, point, oldSnap, newSnap, cat := setup(t)
+					delay := time.Duration(rand.Int64N(int64(full)))
+					if i%2 == 1 {
+						delay = tail + time.Duration(rand.Int64N(int64(full-tail)+1))
+					}
+					killed := runCrashChild(t, dir, point, append([]string{envCrashSleep + "=1"}, env...), delay)
+					out := checkRecovered(t, dir, oldSnap, newSnap, cat)
+					if !killed {
+						out += " (not killed)"
+					}
+					outcomes[out]++
+				}
+				t.Logf("full run %s, stages complete from %s; outcomes: %v", full, tail, outcomes)
+			})
+		})
+	}
+}
+
+// TestCrashWhileReverting: a swap that fails after two of three roots
+// were swapped is undone; killed in the undo (after the first root was put
+// back, or before any), recovery must go on backwards, so every root ends
+// old: the reverting phase was durable before the first undo. Had the
+// journal still said swapping, recovery would roll the roots still new
+// forward over the one already put back, or stop.
+func TestCrashWhileReverting(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	for _, at := range []string{"revert-0", "revert-1", "revert-2"} {
+		t.Run(at, func(t *testing.T) {
+			dir, point, oldSnap, newSnap, cat := crashSetup(t)
+			if !runCrashChild(t, dir, point, []string{envCrashFail + "=swap-1-renamed", envCrashAt + "=" + at}, 0) {
+				t.Fatalf("child was not killed at %q", at)
+			}
+			e := newEnvAt(t, dir)
+			ops, _ := e.m.ListOperations(context.Background(), 0)
+			if len(ops) == 0 || ops[0].Journal == nil || ops[0].Journal.Phase != PhaseReverting {
+				t.Fatalf("the killed revert's journal is %+v, want phase reverting", ops[0].Journal)
+			}
+			e.st.Close()
+			if got := checkRecovered(t, dir, oldSnap, newSnap, cat); got != "old" {
+				t.Errorf("killed while reverting at %s: tree is %s, want old", at, got)
+			}
+		})
+	}
+}
+
+// TestRecoverMountGone: a restore into a mount root is killed; at the
+// next start the volume is not mounted (the directory under it is
+// there, empty). Recovery must not touch that directory (nor take its
+// emptiness for the restore's result): it refuses, naming the root.
+func TestRecoverMountGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-execs the test binary")
+	}
+	for _, at := range []string{"staging", "mount-moved f5"} {
+		t.Run(at, func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			mountAt(t, "bind", dir, data)
+			os.Chmod(data, 0o750)
+			dir, point, _, _, _ := crashSetupIn(t, dir)
+			kill := at
+			if at == "staging" {
+				kill = "link " + data + "/" // staging the mount root
+			}
+			if !runCrashChild(t, dir, point, []string{envCrashAt + "=" + kill}, 0) {
+				t.Fatal("child was not killed")
+			}
+			if err := unix.Unmount(data, unix.MNT_DETACH); err != nil {
+				t.Fatal(err)
+			}
+			var before unix.Stat_t
+			unix.Lstat(data, &before)
+			e := newEnvAt(t, dir)
+			ops, err := e.m.Recover(context.Background())
+			if err == nil || !strings.Contains(err.Error(), data+" (inode") {
+				t.Fatalf("Recover with the volume gone = %v, %v; want a refusal naming %s", ops, err, data)
+			}
+			var after unix.Stat_t
+			unix.Lstat(data, &after)
+			if after.Mode != before.Mode || after.Mtim != before.Mtim || after.Ctim != before.Ctim {
+				t.Errorf("recovery changed the directory under the mount: %+v -> %+v", before, after)
+			}
+		})
+	}
 }

@@ -36,7 +36,8 @@
 // (path_b64, target_b64, name_b64), so nothing is mangled and no two names
 // collide; xattr values are always base64. Empty directories are
 // recorded; symlinks are recorded as links and never followed; sockets and
-// devices are skipped with a warning. The manifest's SHA-256 is the
+// devices are skipped with a warning (a restore keeps the live ones where
+// the restored tree has their directory: keepSpecial). The manifest's SHA-256 is the
 // manifest_digest of the point's catalog record (points/<id> in the state
 // store), which is written last: a create that fails leaves no catalog
 // entry and no manifest, only complete, unreferenced objects that Cleanup
@@ -62,6 +63,12 @@
 // per entry, and an edit that keeps size and mtime (cp -p, touch -r) is
 // hashed again, since it moves ctime.
 //
+// A restore leaves, for each root it swapped, a record of the entries
+// as it left them (backups/restored/, see restored.go), taken once the
+// old trees are gone and before post_restore; the next point takes it
+// as its parent where it is newer, so the first point after a restore
+// does not hash again the files the restore copied or linked.
+//
 // Manifests are read by parseManifest, a strict parser of exactly this
 // format that decodes what encoding/json would (it is fuzzed against it)
 // at 3.5 times the speed; every path in them is then checked.
@@ -82,7 +89,9 @@
 //     otherwise: its objects are on another host's disk), exists, its
 //     manifest matches its digest, its objects are present with their
 //     recorded sizes, every object staging will copy re-hashes to its
-//     name, no root the restore swaps is a mount point (ErrMountPoint),
+//     name, no root the restore changes is a mount point it would have
+//     to remove or make a file (ErrMountPoint; a directory mount root is
+//     restored from inside, see mountswap.go),
 //     and each filesystem has room for what will be written there: the
 //     stage's copies on each root's filesystem, the pre-rollback point's
 //     new objects on the backups' (statfs, with a margin). Force skips the
@@ -124,7 +133,9 @@
 //  7. swap: each root is exchanged with its stage by renameat2
 //     RENAME_EXCHANGE, one atomic step; where the filesystem cannot, the
 //     live tree is renamed to ".<name>.switchback-old-<op>" and the stage
-//     into place. Then the old trees are removed.
+//     into place. A mount root has its stage inside it and its entries
+//     exchanged one by one, told apart by the inodes of its swap list
+//     (mountswap.go). Then the old trees are removed.
 //  8. post_restore hook.
 //  9. validate: the restored roots are compared with the point (types,
 //     modes, owners, xattrs, sizes, mtimes, link targets, hard-link groups)

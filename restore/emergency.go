@@ -64,13 +64,7 @@ func (m *Manager) emergency(ctx context.Context, op *Operation, opts EmergencyOp
 		if err != nil {
 			return err
 		}
-		own := pts[:0:0]
-		for _, p := range pts {
-			if m.ownPoint(p) {
-				own = append(own, p)
-			}
-		}
-		cands = emergencyCandidates(own)
+		cands = emergencyCandidates(m.ownNewestFirst(pts))
 		if len(cands) == 0 {
 			return userErr(ErrNotFound, "no full_system or partial_component rollback point of this host (%s) to restore", m.opts.Host)
 		}

@@ -19,7 +19,12 @@ func waitTick(t *testing.T) {
 	t.Helper()
 	var res unix.Timespec
 	unix.ClockGetres(unix.CLOCK_REALTIME_COARSE, &res)
-	start := fsNow()
+	// From the fine clock: a kernel with multigrain timestamps (6.13)
+	// stamps a file whose times were just read from it, which can be
+	// ahead of the coarse clock by up to a tick.
+	var now unix.Timespec
+	unix.ClockGettime(unix.CLOCK_REALTIME, &now)
+	start := now.Nano()
 	for fsNow() <= start {
 		time.Sleep(time.Duration(res.Nano()) / 4)
 	}

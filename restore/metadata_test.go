@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -776,5 +777,74 @@ func TestOtherHostsPointsAreNotParents(t *testing.T) {
 	p := mustCreate(t, e.m, CreateOptions{Type: TypeData})
 	if hashed != 3 || p.Parent != "" {
 		t.Fatalf("hashed %d of 3 files, parent %q: another host's point was trusted", hashed, p.Parent)
+	}
+}
+
+// TestRestoreKeepsSocketsAndDevices: a point cannot record a socket or a
+// device node, and a restore used to delete every one in the tree it
+// replaced, silently (they went with the old tree, and the plan did not
+// list them). Now one whose directory the point still has is kept (hard
+// linked into the stage), one it has no place for is listed as removed,
+// and the record says which.
+func TestRestoreKeepsSocketsAndDevices(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	writeTree(t, e.dir, map[string]string{"data/run/x": "x", "data/gone/y": "y"})
+	p := mustCreate(t, e.m, CreateOptions{Type: TypeData})
+	tmp, err := os.MkdirTemp("", "sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	l, err := net.Listen("unix", filepath.Join(tmp, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	sock := filepath.Join(e.dir, "data/run/app.sock")
+	if err := os.Rename(filepath.Join(tmp, "s"), sock); err != nil {
+		t.Fatal(err)
+	}
+	dev := filepath.Join(e.dir, "data/null")
+	if err := unix.Mknod(dev, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mknod (CI runs as root): %v", err)
+		}
+		t.Skipf("needs root for mknod: %v", err)
+	}
+	// A device in a directory the point lacks has no place to go.
+	os.MkdirAll(filepath.Join(e.dir, "data/extra"), 0o755)
+	lost := filepath.Join(e.dir, "data/extra/zero")
+	unix.Mknod(lost, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5)))
+	writeTree(t, e.dir, map[string]string{"data/db.json": "changed"})
+	var sockIno, devIno uint64
+	for pth, ino := range map[string]*uint64{sock: &sockIno, dev: &devIno} {
+		var st unix.Stat_t
+		unix.Lstat(pth, &st)
+		*ino = st.Ino
+	}
+
+	op, err := e.m.Rollback(context.Background(), p.ID, RollbackOptions{})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	for pth, want := range map[string]uint64{sock: sockIno, dev: devIno} {
+		var st unix.Stat_t
+		if err := unix.Lstat(pth, &st); err != nil || st.Ino != want {
+			t.Errorf("%s after the restore: %v (inode %d, want %d)", pth, err, st.Ino, want)
+		}
+	}
+	if _, err := os.Lstat(lost); err == nil {
+		t.Errorf("%s survived in a directory the point lacks", lost)
+	}
+	if !slices.Contains(op.Plan.Removed, lost) || slices.Contains(op.Plan.Removed, sock) || slices.Contains(op.Plan.Removed, dev) {
+		t.Errorf("plan removed = %v, want %s and not the kept ones", op.Plan.Removed, lost)
+	}
+	w := strings.Join(op.Warnings, "\n")
+	if !strings.Contains(w, "kept 2 sockets or devices") || !strings.Contains(w, "removed 1 sockets or devices") || !strings.Contains(w, lost) {
+		t.Errorf("warnings = %q", op.Warnings)
+	}
+	if op.Validation == nil || !op.Validation.OK {
+		t.Errorf("validation = %+v", op.Validation)
 	}
 }

@@ -49,6 +49,11 @@ type Point struct {
 	// find the pre-rollback point of a restore that died before its record
 	// named it.
 	Op string `json:"op,omitempty"`
+	// Seq is this host's creation order: one more than the highest of its
+	// points when it was made. "Newest" (emergency, a new point's parent)
+	// goes by it, so a clock stepped back does not make an older point
+	// look newer. 0 in points made before it was recorded.
+	Seq uint64 `json:"seq,omitempty"`
 	// ChangedCount counts the files that kept changing while they were
 	// read: the point holds what the last read saw (see
 	// Entry.Changed). Changed lists the first of them.
@@ -209,6 +214,12 @@ func (m *Manager) createPointManifest(ctx context.Context, opID string, spec poi
 		Host: m.opts.Host, HostID: m.hostID, Auto: spec.auto, Op: opID,
 		ChangedCount: len(changed), Changed: truncate(changed, maxChangedListed),
 	}
+	for _, q := range all {
+		if m.ownPoint(q) {
+			p.Seq = max(p.Seq, q.Seq)
+		}
+	}
+	p.Seq++
 	for par := range parents {
 		p.Parent = par // one root's parent; informational
 	}
@@ -556,8 +567,17 @@ func (m *Manager) readFile(pfd int, rel, abs string, e *Entry, walked unix.Stat_
 // when there is none or its manifest is unusable. Points of other hosts
 // are never parents: their inodes and objects are not this host's.
 func (m *Manager) parentEntries(root string, all []Point) (string, map[string]Entry, int64) {
-	for _, p := range all {
-		if !slices.Contains(p.Roots, root) || p.Host != m.opts.Host {
+	id, prev, scanned := m.parentPoint(root, all)
+	if rid, rprev, rscanned := m.restoredParent(root, all, scanned); rid != "" {
+		return rid, rprev, rscanned // what a restore since left (restored.go)
+	}
+	return id, prev, scanned
+}
+
+// parentPoint is parentEntries from this host's newest point of root.
+func (m *Manager) parentPoint(root string, all []Point) (string, map[string]Entry, int64) {
+	for _, p := range m.ownNewestFirst(all) {
+		if !slices.Contains(p.Roots, root) {
 			continue
 		}
 		mf, err := m.loadManifest(p, false)
@@ -623,6 +643,21 @@ func (m *Manager) listPoints(ctx context.Context) ([]Point, error) {
 	}
 	sortPoints(pts)
 	return pts, nil
+}
+
+// ownNewestFirst returns this host's points of pts, newest first by
+// creation order (Seq), then by time; a clock step does not reorder them.
+func (m *Manager) ownNewestFirst(pts []Point) []Point {
+	own := make([]Point, 0, len(pts))
+	for _, p := range pts {
+		if m.ownPoint(p) {
+			own = append(own, p)
+		}
+	}
+	// pts is newest first by time already: a stable sort by Seq keeps
+	// that order among equal (or absent) ones.
+	sort.SliceStable(own, func(i, j int) bool { return own[i].Seq > own[j].Seq })
+	return own
 }
 
 // sortPoints orders newest first; ids break ties (rollback-...-2 after -1).

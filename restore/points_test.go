@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestVerifyReportsByPath(t *testing.T) {
@@ -198,43 +200,74 @@ func TestCleanupRemovesPointsAndObjects(t *testing.T) {
 }
 
 // TestPropertyRoundTrip checks restore(create(tree)) == tree on random
-// trees: contents, modes, mtimes, symlinks, empty dirs.
+// trees: contents, modes (setuid and setgid included), mtimes, owners (as
+// root), xattrs, symlinks, empty dirs, FIFOs, hard links and names that
+// are not UTF-8; every fourth seed with the root a mount point (a tmpfs,
+// restored from inside). A restore as a user who cannot chown, and what
+// it does with setuid bits, is TestSetuidNotRestoredAsNonRoot's.
 func TestPropertyRoundTrip(t *testing.T) {
-	for seed := uint64(1); seed <= 8; seed++ {
+	for seed := uint64(1); seed <= 12; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			e := newEnv(t)
+			data := filepath.Join(e.dir, "data")
+			mount := seed%4 == 1
+			if mount {
+				mountTmpfs(t, data, "64m")
+			}
+			scramble := func() {
+				if !mount {
+					os.RemoveAll(data)
+					return
+				}
+				ents, _ := os.ReadDir(data)
+				for _, d := range ents {
+					os.RemoveAll(filepath.Join(data, d.Name()))
+				}
+			}
 			r := rand.New(rand.NewPCG(seed, seed*7))
-			randomTree(t, r, filepath.Join(e.dir, "data"), 3)
+			var files []string
+			randomTree(t, r, data, 3, &files)
 			tickClock(e.m)
-			want := snapshot(t, filepath.Join(e.dir, "data"))
+			want := snapshot(t, data)
+			t.Logf("fifos %d, links %d, non-UTF-8 names %d, xattrs %d, other owners %d, setuid %d",
+				strings.Count(want, " fifo "), strings.Count(want, " =\""), strings.Count(want, `\xff`), strings.Count(want, "user.k"),
+				strings.Count(want, " 1001:")+strings.Count(want, " 65534:"), strings.Count(want, " 4755 "))
 			p := mustCreate(t, e.m, CreateOptions{Type: TypeData})
 			// Scramble: replace the tree with another random one.
-			os.RemoveAll(filepath.Join(e.dir, "data"))
-			if seed%3 != 0 {
-				randomTree(t, r, filepath.Join(e.dir, "data"), 2)
+			scramble()
+			if seed%3 != 0 || mount {
+				files = nil
+				randomTree(t, r, data, 2, &files)
 			}
 			if _, err := e.m.Rollback(context.Background(), p.ID, RollbackOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			if got := snapshot(t, filepath.Join(e.dir, "data")); got != want {
+			if got := snapshot(t, data); got != want {
 				t.Fatalf("round trip differs:\n%s\n--- want\n%s", got, want)
 			}
 		})
 	}
 }
 
-func randomTree(t *testing.T, r *rand.Rand, dir string, depth int) {
+// randomTree fills dir with random entries, depth levels deep; files
+// collects the regular files made, for later hard links.
+func randomTree(t *testing.T, r *rand.Rand, dir string, depth int, files *[]string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	n := r.IntN(6)
+	root := os.Geteuid() == 0
+	n := r.IntN(7)
 	for i := 0; i < n; i++ {
-		name := filepath.Join(dir, fmt.Sprintf("e%d", r.IntN(1000)))
+		base := fmt.Sprintf("e%d", r.IntN(1000))
+		if r.IntN(6) == 0 {
+			base += "\xff\xfe" // not UTF-8
+		}
+		name := filepath.Join(dir, base)
 		if _, err := os.Lstat(name); err == nil {
 			continue
 		}
-		k := r.IntN(10)
+		k := r.IntN(13)
 		switch {
 		case k < 5:
 			data := make([]byte, r.IntN(5000))
@@ -242,15 +275,28 @@ func randomTree(t *testing.T, r *rand.Rand, dir string, depth int) {
 				data[j] = byte(r.IntN(4))
 			}
 			os.WriteFile(name, data, 0o644)
-			os.Chmod(name, []os.FileMode{0o644, 0o600, 0o755, 0o444, 0o640 | os.ModeSetgid}[r.IntN(5)])
+			if root {
+				id := []int{0, 1001, 65534}[r.IntN(3)]
+				os.Lchown(name, id, []int{0, 1002, 65534}[r.IntN(3)])
+			}
+			if r.IntN(3) == 0 {
+				unix.Setxattr(name, "user.k", []byte{byte(r.IntN(256)), 0, 0xff}, 0)
+			}
+			// After chown, which clears setuid and setgid.
+			unix.Chmod(name, []uint32{0o644, 0o600, 0o755, 0o444, 0o2640, 0o4755}[r.IntN(6)])
+			*files = append(*files, name)
 		case k < 7 && depth > 0:
-			randomTree(t, r, name, depth-1)
+			randomTree(t, r, name, depth-1, files)
 		case k < 8:
 			os.Mkdir(name, 0o750) // empty
+		case k < 9:
+			unix.Mkfifo(name, []uint32{0o600, 0o644}[r.IntN(2)])
+		case k < 10 && len(*files) > 0:
+			os.Link((*files)[r.IntN(len(*files))], name)
 		default:
-			os.Symlink([]string{"e1", "../x", "/abs/target", "nowhere/deep"}[r.IntN(4)], name)
+			os.Symlink([]string{"e1", "../x", "/abs/target", "nowhere/deep", "\xff"}[r.IntN(5)], name)
 		}
-		if k < 8 {
+		if k < 9 {
 			mt := time.Unix(1600000000+int64(r.IntN(1e8)), int64(r.IntN(1e9)))
 			os.Chtimes(name, mt, mt)
 		}
@@ -258,4 +304,68 @@ func randomTree(t *testing.T, r *rand.Rand, dir string, depth int) {
 	mt := time.Unix(1500000000+int64(r.IntN(1e8)), int64(r.IntN(1e9)))
 	os.Chmod(dir, []os.FileMode{0o755, 0o700, 0o1777}[r.IntN(3)])
 	os.Chtimes(dir, mt, mt)
+}
+
+// TestFirstCreateAfterRestoreReusesDigests: the first point after a
+// restore hashes nothing the restore left as the point has it (it used to
+// hash every file again: copied ones are new inodes, linked ones got a new
+// ctime), and still hashes a file edited since, even one whose size and
+// mtime were kept.
+func TestFirstCreateAfterRestoreReusesDigests(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	ctx := context.Background()
+	tickClock(e.m)
+	waitTick(t)
+	p1 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	writeTree(t, e.dir, map[string]string{"app/main.py": "print('v2')\n", "data/db.json": `{"rows": 2}`})
+	op, err := e.m.Rollback(ctx, p1.ID, RollbackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Plan.Linked == 0 || op.Plan.Copied == 0 {
+		t.Fatalf("plan %+v: the test wants linked and copied files", op.Plan)
+	}
+	var hashed []string
+	var mu sync.Mutex
+	e.m.testHook = func(point string) error {
+		if p, ok := strings.CutPrefix(point, "open "); ok {
+			mu.Lock()
+			hashed = append(hashed, filepath.Base(p))
+			mu.Unlock()
+		}
+		return nil
+	}
+	p2 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	// (Parent names one root's: p1 for a restored root, the pre-rollback
+	// point for config, which the restore left alone.)
+	if len(hashed) != 0 || p2.Parent != p1.ID && p2.Parent != op.PreRollbackPoint || digestsOf(t, e.m, p2) != digestsOf(t, e.m, p1) {
+		t.Fatalf("first create after the restore hashed %v; parent %s, want none and %s (pre %s)", hashed, p2.Parent, p1.ID, op.PreRollbackPoint)
+	}
+	// An edit that keeps size and mtime, after the restore.
+	f := filepath.Join(e.dir, "config/settings.toml")
+	info, _ := os.Stat(f)
+	os.WriteFile(f, []byte("a = 2\n"), 0o644)
+	os.Chtimes(f, info.ModTime(), info.ModTime())
+	hashed = nil
+	mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	if strings.Join(hashed, ",") != "settings.toml" {
+		t.Fatalf("create after an edit hashed %v, want settings.toml", hashed)
+	}
+}
+
+// digestsOf lists each file of p with its digest.
+func digestsOf(t *testing.T, m *Manager, p Point) string {
+	t.Helper()
+	mf, err := m.loadManifest(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, r := range mf.Roots {
+		for _, e := range r.Entries {
+			fmt.Fprintf(&b, "%s/%s %s %s\n", r.Path, e.Path, e.Type, e.Digest)
+		}
+	}
+	return b.String()
 }

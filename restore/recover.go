@@ -158,7 +158,7 @@ func (m *Manager) recoverOp(ctx context.Context, op *Operation) error {
 		err = m.step(ctx, op, "recover_roll_forward", func(s *Step) error {
 			var errs []error
 			for _, jr := range j.Roots {
-				errs = append(errs, rollForwardRoot(jr, true))
+				errs = append(errs, m.rollForwardRoot(jr, true))
 			}
 			return errors.Join(errs...)
 		})
@@ -251,6 +251,15 @@ func decideRecovery(j *Journal) (forward bool, err error) {
 	canFwd, canBack := true, true
 	var foreign, why []string
 	for _, jr := range j.Roots {
+		if jr.Mount {
+			fwd, back, w, f, err := mountState(jr)
+			if err != nil {
+				return false, err
+			}
+			foreign = append(foreign, f...)
+			canFwd, canBack, why = canFwd && fwd, canBack && back, append(why, w...)
+			continue
+		}
 		st, ino, err := rootStateOf(jr)
 		if err != nil {
 			return false, err

@@ -295,3 +295,39 @@ func diffSnap(got, want string) string {
 	}
 	return b.String()
 }
+
+// TestClockStepBack: the clock is stepped back an hour between two
+// points. Emergency must still restore the newer one (the point made
+// last), and the newer one is the parent of the next; ordering by the
+// creation time alone picked the older.
+func TestClockStepBack(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	ctx := context.Background()
+	now := time.Date(2025, 8, 18, 14, 30, 0, 0, time.UTC)
+	e.m.opts.Now = func() time.Time { return now }
+	p1 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	now = now.Add(-time.Hour)
+	writeTree(t, e.dir, map[string]string{"app/main.py": "v2"})
+	want := snapshotAll(t, e.roots()...)
+	p2 := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	if p2.Seq != p1.Seq+1 || p2.Parent != p1.ID {
+		t.Errorf("p2 seq %d parent %q; p1 %s seq %d", p2.Seq, p2.Parent, p1.ID, p1.Seq)
+	}
+	waitTick(t)
+	p3 := mustCreate(t, e.m, CreateOptions{Type: TypeData})
+	if p3.Parent != p2.ID {
+		t.Errorf("after the step, the parent of a new point is %q, want the newest, %s", p3.Parent, p2.ID)
+	}
+	writeTree(t, e.dir, map[string]string{"app/main.py": "v3"})
+	op, err := e.m.Emergency(ctx, EmergencyOptions{Reason: "clock step"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Point != p2.ID {
+		t.Fatalf("emergency restored %s, want the newest full_system point %s (made after the clock stepped back)", op.Point, p2.ID)
+	}
+	if got := snapshotAll(t, e.roots()...); got != want {
+		t.Errorf("tree after the emergency:\n%s", diffSnap(got, want))
+	}
+}

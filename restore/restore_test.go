@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestCreateAndRollbackRoundTrip(t *testing.T) {
@@ -109,5 +111,32 @@ func TestRollbackSingleFileRoot(t *testing.T) {
 	}
 	if got := snapshotAll(t, hub); got != before {
 		t.Fatalf("restored file differs:\n--- got\n%s\n--- want\n%s", got, before)
+	}
+}
+
+// TestDryRunPlanCountsXattrs: a file whose only change is an extended
+// attribute is in the plan as modified (the restore does rewrite it); the
+// old plan compared metadata without xattrs and left it out.
+func TestDryRunPlanCountsXattrs(t *testing.T) {
+	e := newEnv(t)
+	e.sampleTree(t)
+	f := filepath.Join(e.dir, "data/db.json")
+	if err := unix.Setxattr(f, "user.origin", []byte("v1"), 0); err != nil {
+		t.Fatalf("setxattr (the test dir's filesystem needs user xattrs): %v", err)
+	}
+	p := mustCreate(t, e.m, CreateOptions{Type: TypeFullSystem})
+	unix.Setxattr(f, "user.origin", []byte("v2"), 0)
+	op, err := e.m.Rollback(context.Background(), p.ID, RollbackOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Plan == nil || op.Plan.ModifiedCount != 1 || op.Plan.Modified[0] != f {
+		t.Fatalf("plan = %+v, want %s modified", op.Plan, f)
+	}
+	if _, err := e.m.Rollback(context.Background(), p.ID, RollbackOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if v := make([]byte, 8); func() string { n, _ := unix.Getxattr(f, "user.origin", v); return string(v[:max(n, 0)]) }() != "v1" {
+		t.Errorf("the restore did not give back the xattr")
 	}
 }

@@ -106,6 +106,11 @@ type JournalRoot struct {
 	LiveIno  uint64 `json:"live_ino,omitempty"`
 	// State is "", "swapping" (renames may have begun) or "swapped".
 	State string `json:"state,omitempty"`
+	// Mount says the root is a mount point: Stage and Old are inside it,
+	// its entries are exchanged rather than the root itself, and Swap is
+	// its swap list (see mountswap.go).
+	Mount bool   `json:"mount,omitempty"`
+	Swap  string `json:"swap,omitempty"`
 }
 
 // Rollback restores point id. See doc.go for the steps and the crash
@@ -138,6 +143,10 @@ type target struct {
 	writeBytes, preBytes int64
 	// changed says the plan adds, removes or modifies something in it.
 	changed bool
+	// special lists the live sockets and devices, which no point records:
+	// staging keeps them where the restored tree still has their
+	// directory (see keepSpecial).
+	special []string
 }
 
 // restore runs the restore steps for p on op.
@@ -167,7 +176,7 @@ func (m *Manager) restore(ctx context.Context, op *Operation, p Point, opts Roll
 			return err
 		}
 		op.Plan = &plan
-		if err := checkNotMountPoints(targets); err != nil {
+		if err := checkMountPoints(targets); err != nil {
 			return err
 		}
 		if opts.Force {
@@ -316,7 +325,8 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 	abort := func(err error) error {
 		m.step(ctx, op, "abort", func(s *Step) error {
 			var errs []error
-			for _, jr := range j.Roots {
+			for i, jr := range j.Roots {
+				m.hook(fmt.Sprintf("revert-%d", i))
 				if e := rollBackRoot(jr); e != nil {
 					errs = append(errs, e)
 				}
@@ -336,12 +346,19 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 
 	// Step 3: the pre_restore hook, first, so an application that is
 	// still writing is stopped before its files are read. The journal
-	// says it ran (saved with the step), so recovery starts the
-	// application again.
+	// says it ran, so recovery starts the application again.
 	if err := check(); err != nil {
 		return abort(err)
 	}
+	// It is saved before the hook starts: a process killed while the hook
+	// is stopping the application must still have recovery start it.
 	j.PreHookRan = m.cfg.Hooks.PreRestore != ""
+	if j.PreHookRan {
+		if err := m.saveOp(ctx, op); err != nil {
+			j.PreHookRan = false
+			return abort(err)
+		}
+	}
 	if err := m.runHookStep(ctx, op, "pre_restore", m.cfg.Hooks.PreRestore, p.ID); err != nil {
 		j.PreHookRan = false
 		return abort(err)
@@ -406,6 +423,16 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 			Stage:        filepath.Join(dir, "."+base+".switchback-stage-"+op.ID),
 			Old:          filepath.Join(dir, "."+base+".switchback-old-"+op.ID),
 			TargetAbsent: t.desired.Absent,
+		}
+		if mp, err := isMountPoint(t.root); err != nil {
+			return abort(err)
+		} else if mp {
+			if err := mountRestorable(t); err != nil {
+				return abort(err)
+			}
+			if jr, err = mountJournalRoot(t.root, op.ID, m.cfg.Logs, len(j.Roots), t.desired.Absent); err != nil {
+				return abort(err)
+			}
 		}
 		j.Roots = append(j.Roots, jr)
 		stagers = append(stagers, &stager{m: m, opID: op.ID, t: t, live: lr, check: check})
@@ -472,7 +499,7 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 			if err := m.hook(fmt.Sprintf("swap-%d-begun", i)); err != nil {
 				return err
 			}
-			if err := rollForwardRoot(*jr, false); err != nil {
+			if err := m.rollForwardRoot(*jr, false); err != nil {
 				return err
 			}
 			if err := m.hook(fmt.Sprintf("swap-%d-renamed", i)); err != nil {
@@ -508,10 +535,21 @@ func (m *Manager) restoreLocked(ctx context.Context, op *Operation, p Point, opt
 	m.step(ctx, op, "remove_old", func(s *Step) error {
 		var errs []error
 		for _, jr := range j.Roots {
-			errs = append(errs, removeLeftovers(jr))
+			errs = append(errs, finishRoot(jr))
 		}
 		j.Phase = PhaseDone
-		return errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		// What the swap left, for the next point (restored.go): after the
+		// old trees are gone (their removal moves the linked files'
+		// ctime), before post_restore starts the application.
+		for _, st := range stagers {
+			if st.t.only == nil {
+				m.recordRestored(ctx, op.ID, p, st.t.desired)
+			}
+		}
+		return nil
 	})
 
 	// Step 8: post_restore hook.
@@ -679,10 +717,10 @@ func sameTree(a, b RootManifest) bool {
 	return true
 }
 
-// diff compares the live paths with the targets by metadata (no hashing).
-// It also returns the digests of the files staging will copy from objects:
-// those added or modified (any file whose type, mode, size or mtime
-// differs from the live one). A file that matches by metadata is linked
+// diff compares the live paths with the targets by metadata (no hashing),
+// extended attributes included. It also returns the digests of the files
+// staging will copy from objects: those added or modified (any file whose
+// type, mode, owner, size, mtime or xattrs differ from the live one). A file that matches by metadata is linked
 // from the live tree when its digest matches too; see doc.go.
 func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]bool, error) {
 	toCopy := map[string]bool{}
@@ -691,10 +729,11 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 		t := &targets[ti]
 		before := p.BytesToWrite
 		nchanges := len(p.Added) + len(p.Removed) + len(p.Modified)
-		entries, _, err := liveEntries(ctx, t.root, false)
+		entries, special, _, err := liveEntriesSpecial(ctx, t.root, true)
 		if err != nil {
 			return p, nil, passCanceled(ctx, err)
 		}
+		t.special = special
 		live := make(map[string]Entry, len(entries))
 		for _, e := range entries {
 			live[e.Path] = e
@@ -720,7 +759,7 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 				if e.Type == EntryFile {
 					toCopy[e.Digest] = true
 				}
-			case metaDiff(l, e, false) != "":
+			case metaDiff(l, e, true) != "":
 				p.Modified = append(p.Modified, abs(e.Path))
 				t.preBytes += l.Size
 				if e.Type == EntryFile {
@@ -734,6 +773,24 @@ func (m *Manager) diff(ctx context.Context, targets []target) (Plan, map[string]
 			if in(rel) && !want[rel] {
 				removed = append(removed, abs(rel))
 				t.preBytes += live[rel].Size
+			}
+		}
+		// A socket or device is kept where the point still has its
+		// directory and not its name (keepSpecial), else removed.
+		dirs := map[string]bool{}
+		for _, e := range t.desired.Entries {
+			if in(e.Path) && e.Type == EntryDir {
+				dirs[e.Path] = true
+			}
+		}
+		for rel, l := range live {
+			if !in(rel) && l.Type == EntryDir {
+				dirs[rel] = true
+			}
+		}
+		for _, rel := range special {
+			if in(rel) && (rel == "." || want[rel] || !dirs[path.Dir(rel)]) {
+				removed = append(removed, abs(rel))
 			}
 		}
 		sort.Strings(removed)
@@ -771,7 +828,11 @@ func (m *Manager) checkSpace(targets []target, plan Plan) error {
 	// Needs add up per filesystem, whichever roots share one.
 	var pre int64
 	for _, t := range targets {
-		if err := addNeed(filepath.Dir(t.root), t.writeBytes); err != nil {
+		dir := filepath.Dir(t.root)
+		if mp, _ := isMountPoint(t.root); mp {
+			dir = t.root // staged inside it
+		}
+		if err := addNeed(dir, t.writeBytes); err != nil {
 			return err
 		}
 		pre += t.preBytes
@@ -804,6 +865,8 @@ type stager struct {
 	// used once, or two files the point has apart would become one.
 	usedLive sync.Map
 	notes    stageNotes
+	// swap is a mount root's swap list (jr.Mount).
+	swap *swapList
 }
 
 // stageNotes collects what a restore could not give back as recorded
@@ -816,6 +879,7 @@ type stageNotes struct {
 	setidN    int
 	xattrs    int // xattrs not restored
 	xattrPath string
+	extra     []string // sentences as they are (keepSpecial)
 }
 
 func (n *stageNotes) add(root string, e Entry, skippedXattrs []string) {
@@ -856,7 +920,7 @@ func (st *stager) warnings() []string {
 	if n.xattrs > 0 {
 		out = append(out, fmt.Sprintf("%s: %d extended attributes need privileges this process lacks and were not restored, first on %s", st.t.root, n.xattrs, n.xattrPath))
 	}
-	return out
+	return append(out, n.extra...)
 }
 
 func (st *stager) build(ctx context.Context) error {
@@ -866,8 +930,22 @@ func (st *stager) build(ctx context.Context) error {
 		}
 		return nil
 	}
+	// The stage is built next to the root, through a handle on its
+	// parent, or inside it if it is a mount point (base "."), after its
+	// swap list records the entries it has now.
 	parent := filepath.Dir(st.t.root)
 	base := filepath.Base(st.t.root)
+	if st.jr.Mount {
+		parent, base = st.t.root, "."
+		meta, inos, err := readRootMeta(st.t.root)
+		if err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+		st.swap = &swapList{old: inos, oldMeta: meta}
+		if err := writeSwapList(st.jr.Swap, st.swap); err != nil {
+			return fmt.Errorf("staging %s: %w", st.t.root, err)
+		}
+	}
 	stageName := filepath.Base(st.jr.Stage)
 	r, err := os.OpenRoot(parent)
 	if err != nil {
@@ -974,12 +1052,13 @@ func (st *stager) build(ctx context.Context) error {
 		}
 		pr.add(1, 0)
 	}
+	st.keepSpecial(r, base, name)
 	// Directory owners, xattrs, modes and mtimes last, deepest first,
 	// once filled.
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
-		if e.Type != EntryDir {
-			continue
+		if e.Type != EntryDir || e.Path == "." && st.jr.Mount {
+			continue // a mount root gets its own once swapped
 		}
 		if err := st.dirMeta(r, name(e.Path), e); err != nil {
 			return err
@@ -993,7 +1072,79 @@ func (st *stager) build(ctx context.Context) error {
 	if info, err := os.Lstat(st.jr.Path); err == nil {
 		st.jr.LiveIno = inoOf(info)
 	}
+	if st.jr.Mount {
+		return st.completeSwapList(r, stageName)
+	}
 	return nil
+}
+
+// completeSwapList adds the staged entries and the root's metadata from
+// the point to a mount root's swap list.
+func (st *stager) completeSwapList(r *os.Root, stageName string) error {
+	d, err := r.Open(stageName)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	defer d.Close()
+	if st.swap.new, err = childInodes(int(d.Fd()), st.jr.Stage); err != nil {
+		return err
+	}
+	e := st.t.desired.Entries[0]
+	st.swap.newMeta = rootMeta{Mode: restorableMode(e), UID: e.UID, GID: e.GID, MTime: e.MTime, Xattrs: e.Xattrs}
+	st.swap.complete = true
+	if err := writeSwapList(st.jr.Swap, st.swap); err != nil {
+		return fmt.Errorf("staging %s: %w", st.t.root, err)
+	}
+	return nil
+}
+
+// keepSpecial hard-links into the stage the live sockets and devices (a
+// point cannot record them: an application's socket, a device node in a
+// container's tree) whose directory the restored tree still has and whose
+// name it does not use, so a restore does not silently delete them with
+// the old tree. One that is gone by now (pre_restore stopped its
+// application) is left out. The record's warnings name what was kept and
+// what was not.
+func (st *stager) keepSpecial(r *os.Root, base string, name func(string) string) {
+	if len(st.t.special) == 0 {
+		return
+	}
+	types := make(map[string]string, len(st.t.desired.Entries))
+	for _, e := range st.t.desired.Entries {
+		types[e.Path] = e.Type
+	}
+	var kept, dropped []string
+	for _, rel := range st.t.special {
+		if rel == "." || types[rel] != "" || types[path.Dir(rel)] != EntryDir {
+			dropped = append(dropped, rel)
+			continue
+		}
+		if err := r.Link(path.Join(base, rel), name(rel)); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				dropped = append(dropped, rel)
+			}
+			continue
+		}
+		kept = append(kept, rel)
+	}
+	list := func(rels []string) string {
+		out := make([]string, 0, min(len(rels), 5))
+		for _, r := range rels[:min(len(rels), 5)] {
+			out = append(out, joinRel(st.t.root, r))
+		}
+		if len(rels) > 5 {
+			out = append(out, fmt.Sprintf("and %d more", len(rels)-5))
+		}
+		return strings.Join(out, ", ")
+	}
+	st.notes.mu.Lock()
+	defer st.notes.mu.Unlock()
+	if len(kept) > 0 {
+		st.notes.extra = append(st.notes.extra, fmt.Sprintf("%s: kept %d sockets or devices, which a point cannot record: %s", st.t.root, len(kept), list(kept)))
+	}
+	if len(dropped) > 0 {
+		st.notes.extra = append(st.notes.extra, fmt.Sprintf("%s: removed %d sockets or devices, which a point cannot record and the restored tree has no place for: %s", st.t.root, len(dropped), list(dropped)))
+	}
 }
 
 // dirMeta gives the staged directory at name e's owner, xattrs, mode and
@@ -1021,17 +1172,26 @@ func (st *stager) dirMeta(r *os.Root, name string, e Entry) error {
 // may), then its xattrs, then its mode: chown clears setuid, setgid and
 // security.capability, so it comes first. Times are set by the caller.
 func (st *stager) metaFd(fd int, e Entry) error {
+	skipped, err := applyMeta(fd, e)
+	if err == nil {
+		st.notes.add(st.t.root, e, skipped)
+	}
+	return err
+}
+
+// applyMeta gives the open entry fd e's owner (where this process may),
+// xattrs and mode, in that order, and returns the xattrs it may not set.
+func applyMeta(fd int, e Entry) (skipped []string, err error) {
 	if canChown(e.UID, e.GID) {
 		if err := unix.Fchown(fd, int(e.UID), int(e.GID)); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	skipped, err := fdXattrs(fd).apply(e.Xattrs)
+	skipped, err = fdXattrs(fd).apply(e.Xattrs)
 	if err != nil {
-		return fmt.Errorf("setting extended attributes: %w", err)
+		return nil, fmt.Errorf("setting extended attributes: %w", err)
 	}
-	st.notes.add(st.t.root, e, skipped)
-	return unix.Fchmod(fd, restorableMode(e))
+	return skipped, unix.Fchmod(fd, restorableMode(e))
 }
 
 // metaAt does what metaFd does for an entry that cannot be opened (a
@@ -1099,10 +1259,7 @@ func (st *stager) stageDir(r *os.Root, base string, name func(string) string, li
 	defer sd.Close()
 	stageFd := int(sd.Fd())
 	liveFd := -1
-	liveRel := base
-	if u.dir != "." {
-		liveRel = base + "/" + u.dir
-	}
+	liveRel := path.Join(base, u.dir)
 	if l, ok := liveBy[u.dir]; ok && l.Type == EntryDir {
 		if ld, err := r.OpenFile(liveRel, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0); err == nil {
 			defer ld.Close()
@@ -1231,7 +1388,11 @@ func (st *stager) sync(ctx context.Context) error {
 	// One syncfs for the whole stage (and the directory that will hold
 	// it) rather than an fsync for each file and directory written: the
 	// same guarantee, one journal commit instead of thousands.
-	if err := syncFS(filepath.Dir(st.t.root)); err != nil {
+	dir := filepath.Dir(st.t.root)
+	if st.jr.Mount {
+		dir = st.t.root
+	}
+	if err := syncFS(dir); err != nil {
 		return fmt.Errorf("syncing staged %s: %w", st.t.root, err)
 	}
 	return ctx.Err()
@@ -1283,7 +1444,20 @@ func swapNames(from, live, old string, liveExists bool) error {
 // rollForwardRoot makes the new tree live for jr, from any state a crash
 // can leave: before the swap, after it, or between the two renames of the
 // fallback. With cleanup it also removes the old tree.
-func rollForwardRoot(jr JournalRoot, cleanup bool) error {
+func (m *Manager) rollForwardRoot(jr JournalRoot, cleanup bool) error {
+	if jr.Mount {
+		var hook func(string) error
+		if m != nil {
+			hook = m.hook
+		}
+		if err := rollForwardMount(jr, hook); err != nil {
+			return err
+		}
+		if cleanup {
+			return finishRoot(jr)
+		}
+		return nil
+	}
 	liveIno, liveOK, err := lstatIno(jr.Path)
 	if err != nil {
 		return err
@@ -1321,6 +1495,9 @@ func rollForwardRoot(jr JournalRoot, cleanup bool) error {
 
 // rollBackRoot makes the old tree live again for jr and removes the stage.
 func rollBackRoot(jr JournalRoot) error {
+	if jr.Mount {
+		return rollBackMount(jr)
+	}
 	liveIno, liveOK, err := lstatIno(jr.Path)
 	if err != nil {
 		return err
@@ -1378,7 +1555,13 @@ func rollBackRoot(jr JournalRoot) error {
 // the live path holds the tree that should stay.
 func removeLeftovers(jr JournalRoot) error {
 	var errs []error
-	for _, p := range []string{jr.Stage, jr.Old, jr.Old + ".new"} {
+	paths := []string{jr.Stage, jr.Old, jr.Old + ".new"}
+	if jr.Swap != "" {
+		// With the temp files of a write the crash cut (writeFileAtomic).
+		tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(jr.Swap), "."+filepath.Base(jr.Swap)+".tmp-*"))
+		paths = append(append(paths, jr.Swap), tmps...)
+	}
+	for _, p := range paths {
 		if !strings.Contains(filepath.Base(p), ".switchback-") {
 			continue
 		}
@@ -1389,12 +1572,37 @@ func removeLeftovers(jr JournalRoot) error {
 	return errors.Join(errs...)
 }
 
+// finishRoot removes the leftovers of jr once its new tree is live; a
+// mount root then gets its recorded metadata again, since removing its
+// restore names moved its mtime.
+func finishRoot(jr JournalRoot) error {
+	if !jr.Mount {
+		return removeLeftovers(jr)
+	}
+	l, err := loadSwapList(jr)
+	if err != nil {
+		return err
+	}
+	if l == nil || !l.complete {
+		return removeLeftovers(jr)
+	}
+	return finishMount(jr, l.newMeta)
+}
+
 // removeTree removes the tree at p like os.RemoveAll, in parallel: the
 // entries of its top two levels are removed by concurrent workers. It
 // works through directory handles opened with O_NOFOLLOW, name by name,
 // so it never follows a symlink. Whatever it leaves is then given to
 // os.RemoveAll, whose error is returned.
+//
+// It refuses a tree with a mount point inside (rm -r would delete the
+// files of the mounted filesystem), leaving it for the operator.
 func removeTree(p string) error {
+	if below, err := mountsBelow(p); err != nil {
+		return err
+	} else if len(below) > 0 {
+		return fmt.Errorf("not removing %s: %s inside it is a mount point; unmount it, then remove %s", p, below[0], p)
+	}
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == nil {
 		removeChildren(fd, 2)

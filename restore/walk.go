@@ -99,6 +99,9 @@ func (w *walker) entry(dirFd int, name, rel, abs string) (gone bool, err error) 
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if rel == "." && isRestorerName(n) {
+			continue // a mount-point restore's stage or old entries
+		}
 		r := n
 		if rel != "." {
 			r = rel + "/" + n
@@ -261,9 +264,17 @@ func kindOf(st *unix.Stat_t) string {
 // that are not files, directories, symlinks or FIFOs are left out. absent
 // reports that root does not exist.
 func liveEntries(ctx context.Context, root string, withXattrs bool) (entries []Entry, absent bool, err error) {
+	entries, _, absent, err = liveEntriesSpecial(ctx, root, withXattrs)
+	return entries, absent, err
+}
+
+// liveEntriesSpecial is liveEntries, and also returns the paths of the
+// entries a point cannot record (sockets, devices).
+func liveEntriesSpecial(ctx context.Context, root string, withXattrs bool) (entries []Entry, special []string, absent bool, err error) {
 	err = walkTree(ctx, root, func(dirFd int, name, rel string, st *unix.Stat_t, fd int) error {
 		e := entryFromStat(rel, st)
 		if e.Type == "" {
+			special = append(special, rel)
 			return nil
 		}
 		if e.Type == EntrySymlink {
@@ -285,9 +296,9 @@ func liveEntries(ctx context.Context, root string, withXattrs bool) (entries []E
 		return nil
 	}, nil)
 	if errors.Is(err, errRootAbsent) {
-		return nil, true, nil
+		return nil, nil, true, nil
 	}
-	return entries, false, passCanceled(ctx, err)
+	return entries, special, false, passCanceled(ctx, err)
 }
 
 // joinRel names rel below root, for messages and the test hook.

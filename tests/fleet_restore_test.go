@@ -247,3 +247,61 @@ func lineHas(out string, words ...string) bool {
 	}
 	return false
 }
+
+// TestFleetStartupRecoveryWaitsForLock: a gateway killed while its
+// restore holds the fleet's restore lock (in pre_restore) restarts at
+// once; the lock is still held (by its dead Consul session, until the
+// session's TTL runs out), and the startup recovery must keep trying
+// until it gets it, then finish the restore (rolled back: nothing was
+// staged, and post_restore runs, since pre_restore had begun) instead of
+// giving up silently and leaving it running.
+func TestFleetStartupRecoveryWaitsForLock(t *testing.T) {
+	agent := consultest.Start(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"app/app.conf": "version 1\n"})
+	g := StartGateway(t, GatewayConfig{
+		Template: strings.Replace(rollingTemplate, "pre_restore sleep 1", "pre_restore sleep 30\n\t\t\tpost_restore touch {DIR}/post-ran", 1),
+		Legacy:   NewUpstream(t, "legacy"), Consolidated: NewUpstream(t, "consolidated"), Dir: dir,
+		Extra: map[string]string{"CONSUL": agent.Addr, "PREFIX": "startup-" + fmt.Sprint(time.Now().UnixNano()), "NAME": "gw-a", "SWITCH": "main"},
+	})
+	out, errOut, code := g.CLI(t, "point", "create", "--type", "full_system", "--json")
+	if code != 0 {
+		t.Fatalf("point create: exit %d\n%s%s", code, out, errOut)
+	}
+	var p fleetPoint
+	if err := fleetJSON(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string]string{"app/app.conf": "version 2\n"})
+	go g.CLI(t, "rollback", p.ID, "--trigger", "manual")
+	var op fleetOp
+	Eventually(t, 30*time.Second, "the restore to hold the lock", func() bool {
+		var list []fleetOp
+		g.AdminJSON(t, "GET", "/switchback/operations", nil, &list)
+		if len(list) > 0 && list[0].Kind == "rollback" && list[0].Lock != nil {
+			op = list[0]
+			return true
+		}
+		return false
+	})
+	g.Kill()
+	g.start(Binary(t))
+	Eventually(t, 90*time.Second, "the startup recovery to finish "+op.ID, func() bool {
+		var got fleetOp
+		return g.AdminJSON(t, "GET", "/switchback/operations/"+op.ID, nil, &got) == 200 && got.Status != "running" && func() bool { op = got; return true }()
+	})
+	if op.Status != "rolled_back" {
+		t.Errorf("the killed restore ended %s, want rolled_back (errors %v)", op.Status, op.Errors)
+	}
+	if !strings.Contains(g.Logs(), "will try again") {
+		t.Errorf("the startup recovery never found the lock held; the test did not test the wait:\n%s", g.Logs())
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "app/app.conf")); string(b) != "version 2\n" {
+		t.Errorf("app.conf is %q after recovery, want the tree as it was (version 2)", b)
+	}
+	// Killed in pre_restore, which may have stopped the application:
+	// recovery starts it again.
+	if _, err := os.Stat(filepath.Join(dir, "post-ran")); err != nil {
+		t.Errorf("recovery did not run post_restore: %v", err)
+	}
+}

@@ -431,12 +431,19 @@ func (g *Gateway) Stop() {
 		g.cmd.Process.Kill()
 		<-g.exited
 	}
+	forgetConns()
 }
+
+// forgetConns drops Client's idle connections once a gateway is gone: a
+// later gateway may get the same port, and a POST sent on a connection
+// the dead one held fails with EOF (Go retries only idempotent requests).
+func forgetConns() { Client.CloseIdleConnections() }
 
 // Kill kills the process with SIGKILL.
 func (g *Gateway) Kill() {
 	g.cmd.Process.Kill()
 	<-g.exited
+	forgetConns()
 }
 
 // Restart stops the process and starts it again with the same config.

@@ -2,10 +2,12 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,6 +134,11 @@ func TestFleetRollout(t *testing.T) {
 			advances[x.To]++
 		}
 	}
+	for _, x := range r.Rollout.Decisions {
+		if x.Kind == "advance" && x.To == 50 && (x.Evidence == nil || len(x.Evidence.Gateways) != 2 || slices.Contains(x.Evidence.Gateways, d.Gateway)) {
+			t.Errorf("the advance to 50%% after %s was killed counted gateways %v", d.Gateway, x.Evidence)
+		}
+	}
 	if advances[25] != 1 || advances[50] != 1 {
 		t.Errorf("advances by target weight: %v; want each step entered exactly once", advances)
 	}
@@ -149,6 +156,23 @@ func TestFleetRollout(t *testing.T) {
 	if total != 1 {
 		t.Errorf("the two live gateways counted %d advances; want 1 (the 25%% -> 50%% one)", total)
 	}
+
+	// The killed gateway's stats key goes with its session's TTL (10s;
+	// Consul may take up to twice that), while the live ones stay.
+	statsKeys := func() []string {
+		resp, err := http.Get("http://" + agent.Addr + "/v1/kv/" + f.prefix + "/stats/main/?keys")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var keys []string
+		json.NewDecoder(resp.Body).Decode(&keys)
+		return keys
+	}
+	Eventually(t, 40*time.Second, "the killed gateway's stats key to expire", func() bool {
+		keys := statsKeys()
+		return len(keys) == 2 && !slices.ContainsFunc(keys, func(k string) bool { return strings.HasSuffix(k, "/"+d.Gateway) })
+	})
 
 	// The killed gateway comes back mid-rollout: it serves the current step.
 	f.gws[decider].Restart()

@@ -23,6 +23,7 @@ type rolloutRecord struct {
 		Step        int       `json:"step"`
 		StepStarted time.Time `json:"step_started"`
 		Waiting     string    `json:"waiting"`
+		PlanChanged bool      `json:"plan_changed"`
 		Approvals   []struct {
 			Step float64 `json:"step"`
 			By   string  `json:"by"`
@@ -242,6 +243,28 @@ func TestRolloutGateAndControl(t *testing.T) {
 	if r.Rollout.Step != 0 || r.Weight != 10 || r.Rollout.Waiting != "waiting: approval for 50%" {
 		t.Fatalf("the gate did not hold: step %d weight %v waiting %q", r.Rollout.Step, r.Weight, r.Rollout.Waiting)
 	}
+	// A reload keeps the rollout where it is; a changed rollout block
+	// does not touch the running plan, only marks it, until a retry.
+	reload := func(options string) {
+		t.Helper()
+		g.WriteConfig(GatewayConfig{Template: failoverTemplate, Legacy: e.legacy, Consolidated: e.consolidated,
+			Extra: map[string]string{"MODE": "split", "WEIGHT": "0", "OPTIONS": options}})
+		if _, errOut, code := RunCLI(t, g.Dir, "reload", "--config", g.Caddyfile, "--address", g.Admin); code != 0 {
+			t.Fatalf("reload: exit %d: %s", code, errOut)
+		}
+	}
+	decisions := len(r.Rollout.Decisions)
+	reload(strings.Replace(opts, "steps 10% 50% 100%", "steps 10% 40% 50% 100%", 1))
+	time.Sleep(500 * time.Millisecond)
+	if r := readRollout(t, g); r.Rollout.State != "waiting_approval" || len(r.Rollout.Steps) != 3 || !r.Rollout.PlanChanged || len(r.Rollout.Decisions) != decisions {
+		t.Fatalf("after a reload with other steps: %s, steps %v, plan_changed %v, %d decisions (was %d)", r.Rollout.State, r.Rollout.Steps, r.Rollout.PlanChanged, len(r.Rollout.Decisions), decisions)
+	}
+	if out, _, _ := g.CLI(t, "rollout", "status"); !strings.Contains(out, "rollout retry' applies it") {
+		t.Errorf("rollout status does not say the block changed:\n%s", out)
+	}
+	reload(opts)
+	Eventually(t, 5*time.Second, "plan_changed cleared by the original block", func() bool { return !readRollout(t, g).Rollout.PlanChanged })
+
 	out, stderr, code := g.CLI(t, "rollout", "status")
 	if code != 0 || !strings.Contains(out, "waiting: approval for 50%") || !strings.Contains(out, "[10%]--50%(gate)--100%") {
 		t.Errorf("rollout status: exit %d\n%s%s", code, out, stderr)

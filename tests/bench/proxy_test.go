@@ -10,6 +10,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net/http"
@@ -108,7 +109,7 @@ func runWrk(t *testing.T, url, duration string, header string) wrkResult {
 	return r
 }
 
-func median(xs []float64) float64 {
+func median[T cmp.Ordered](xs []T) T {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]

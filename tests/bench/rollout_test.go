@@ -77,7 +77,9 @@ http://{HTTP} {
 type benchRollout struct {
 	Mode    string  `json:"mode"`
 	Weight  float64 `json:"weight"`
+	Pending bool    `json:"pending"`
 	Rollout struct {
+		Waiting     string    `json:"waiting"`
 		State       string    `json:"state"`
 		Step        int       `json:"step"`
 		StepStarted time.Time `json:"step_started"`
@@ -177,12 +179,26 @@ func TestRolloutBench(t *testing.T) {
 			deadline := time.Now().Add(20 * time.Second)
 			for {
 				if time.Now().After(deadline) {
-					t.Fatalf("trial %d: step %d (%v%%) not reached by all gateways in 20s", trial, step+2, want)
+					var seen []string
+					for _, g := range gws {
+						s, _ := readBenchRollout(ctx, g.admin)
+						seen = append(seen, fmt.Sprintf("%s %v%% rollout %s step %d since %s (pending %v, %s)", s.Mode, s.Weight, s.Rollout.State, s.Rollout.Step, s.Rollout.StepStarted.Format(time.StampMilli), s.Pending, s.Rollout.Waiting))
+					}
+					if resp, err := benchClient.Get("http://" + gws[0].admin + "/switchback/switches/main"); err == nil {
+						var full struct {
+							Reason  string `json:"reason"`
+							History []any  `json:"history"`
+						}
+						json.NewDecoder(resp.Body).Decode(&full)
+						resp.Body.Close()
+						t.Logf("gw-0: %s; last events %v", full.Reason, full.History[max(0, len(full.History)-3):])
+					}
+					t.Fatalf("trial %d: step %d (%v%%) not reached by all gateways in 20s: %s", trial, step+2, want, strings.Join(seen, "; "))
 				}
 				all := true
 				for _, g := range gws {
 					s, ok := readBenchRollout(ctx, g.admin)
-					if !ok || s.Weight != want {
+					if !ok || s.Weight < want {
 						all = false
 						if ok && s.Rollout.Step == step && met.IsZero() {
 							met = s.Rollout.StepStarted.Add(500 * time.Millisecond)
