@@ -95,7 +95,7 @@ func TestRolloutThroughReloads(t *testing.T) {
 	if code, msg := rolloutAPI(t, g, "retry", "new plan"); code != 200 {
 		t.Fatalf("retry: %d %s", code, msg)
 	}
-	if v := readPlan(t, g); v.Rollout.Hold != "1h0m0s" || v.Weight != 10 || v.Rollout.PlanChanged || v.Rollout.Step != 0 {
+	if v := readPlan(t, g); v.Rollout.Hold != "1h" || v.Weight != 10 || v.Rollout.PlanChanged || v.Rollout.Step != 0 {
 		t.Fatalf("retry did not apply the new plan: weight %v %+v", v.Weight, v.Rollout)
 	}
 
