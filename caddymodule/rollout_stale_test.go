@@ -61,3 +61,43 @@ func TestRolloutActionOnStaleView(t *testing.T) {
 		}
 	}
 }
+
+// TestWeightChangeOnStaleView: a weight set by hand through a gateway
+// that has not yet seen another's advance is applied to the stored
+// record, not written as made on the stale one: the advance stays in the
+// record (it was undone, and a resume then went back a step).
+func TestWeightChangeOnStaleView(t *testing.T) {
+	ctx := context.Background()
+	cfg := &Rollout{Steps: []state.Weight{100, 5000, 10000}, Hold: caddy.Duration(time.Minute), MinRequests: -1}
+	path := filepath.Join(t.TempDir(), "state.db")
+	a := rolloutGateway(t, path, "gw-a", cfg)
+	b := rolloutGateway(t, path, "gw-b", cfg)
+	t0 := time.Now().UTC().Add(-time.Hour).Round(0)
+	rec := state.Switch{Name: "main", Mode: state.ModeSplit, Since: t0}
+	rec.Rollout = cfg.plan()
+	if _, err := rolloutControl(&rec, rolloutRequest{Action: "start"}, cfg.plan(), "test", "gw-a", t0); err != nil {
+		t.Fatal(err)
+	}
+	putSwitch(t, a.app.store, rec)
+	follow(t, a)
+	follow(t, b)
+	var clock stateClock
+	a.evaluateRollout(ctx, &clock, time.Now(), 1e12)
+	if got := follow(t, a); got.Rollout.Step != 1 {
+		t.Fatalf("gw-a did not advance: step %d", got.Rollout.Step)
+	}
+	if _, err := b.sw.change(ctx, b.app, func(cur *state.Switch) bool {
+		cur.Weight, cur.By, cur.Since = 3000, "admin", later(cur.Since)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ := state.GetSwitch(ctx, a.app.store, "main")
+	if got.Weight != 3000 || got.Rollout.Step != 1 || got.Rollout.Decisions[len(got.Rollout.Decisions)-1].Kind != "advance" {
+		t.Fatalf("weight by hand through the stale gateway: weight %s, step %d, last decision %s; want 30, step 1, the advance kept",
+			got.Weight, got.Rollout.Step, got.Rollout.Decisions[len(got.Rollout.Decisions)-1].Kind)
+	}
+	if b.sw.rec.Rollout.Step != 1 || b.sw.rec.Weight != 3000 {
+		t.Errorf("the stale gateway holds step %d at %s%%", b.sw.rec.Rollout.Step, b.sw.rec.Weight)
+	}
+}

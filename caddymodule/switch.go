@@ -141,11 +141,17 @@ func (sw *Switch) applyLocked(rec state.Switch, pending bool) {
 // change applies fn to the switch's state, first in memory so that the next
 // request sees it, then in the store. It returns the record as stored.
 func (sw *Switch) change(ctx context.Context, app *App, fn func(cur *state.Switch) bool) (state.Switch, error) {
+	base, wasPending := sw.Record()
 	if !sw.changeLocal(fn) {
 		rec, _ := sw.Record()
 		return rec, nil
 	}
-	return sw.persist(ctx, app, fn)
+	if wasPending {
+		// The record holds changes of its own not yet written (made
+		// during an outage): they go with this one.
+		return sw.persist(ctx, app, fn, nil)
+	}
+	return sw.persist(ctx, app, fn, &base)
 }
 
 // changeLocal applies fn to the in-memory state and marks it pending. It
@@ -167,7 +173,13 @@ func (sw *Switch) changeLocal(fn func(cur *state.Switch) bool) bool {
 // pending, and the app writes it when the store returns; the returned
 // error then wraps state.ErrUnavailable. On any other error, the caller's
 // cancellation included, the change stays pending all the same.
-func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Switch) bool) (state.Switch, error) {
+//
+// base, if not nil, is the record fn was first applied to. When the store
+// holds another (this gateway's watch has not brought a write yet), fn is
+// applied again to the store's record, as when that one is newer: written
+// as made on the stale one, the change would undo that write (a rollout's
+// advance, say).
+func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Switch) bool, base *state.Switch) (state.Switch, error) {
 	mine, _ := sw.Record()
 	// The pending change reaches the cache now, not after a store that
 	// hangs has timed out, and again with the outcome.
@@ -181,10 +193,12 @@ func (sw *Switch) persist(ctx context.Context, app *App, fn func(cur *state.Swit
 		if !exists {
 			return mine, true
 		}
-		if cur.Supersedes(mine) {
-			// Someone wrote after us: re-decide on their record.
+		if cur.Supersedes(mine) || (base != nil && !sameState(cur, *base)) {
+			// Someone wrote after us, or after the record we saw:
+			// re-decide on their record.
 			n := cur.Copy()
 			if !fn(&n) {
+				moot = true // the store's record stands, here too
 				return cur, false
 			}
 			// The change now comes after theirs, so it must supersede

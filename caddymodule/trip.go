@@ -52,7 +52,7 @@ func (h *Handler) tripped(v health.Verdict) {
 		} else {
 			h.logger.Error("switch tripped to legacy", fields...)
 		}
-		rec, err := h.sw.persist(h.ctx, h.app, trip)
+		rec, err := h.sw.persist(h.ctx, h.app, trip, nil)
 		if err != nil {
 			h.logger.Error("trip not yet written to the state store", zap.Error(err))
 		}
