@@ -7,6 +7,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -334,8 +335,27 @@ func TestFleetRolloutRaces(t *testing.T) {
 		if round > 0 {
 			first = "retry"
 		}
-		if codes := race(t, f.gws, first); !ok(codes) {
+		before := countKind(readRollout(t, f.gws[0]), first)
+		codes := race(t, f.gws, first)
+		wins := 0
+		for _, c := range codes {
+			if c == 200 {
+				wins++
+			}
+		}
+		// Two retries may both be taken when the second was judged on
+		// the run the first started (the requests did not overlap after
+		// all): retry is valid on a running rollout. Each 200 must then
+		// be a decision of its own in the record; what may never happen
+		// is a 200 for a retry that was not applied, or one applied twice.
+		if !ok(codes) && !(first == "retry" && wins == 2) {
 			t.Fatalf("round %d: %s from both gateways: %v; want one 200 and one 409", round, first, codes)
+		}
+		Eventually(t, 10*time.Second, fmt.Sprintf("%d %s decision(s) more in the record", wins, first), func() bool {
+			return countKind(readRollout(t, f.gws[0]), first) == before+wins
+		})
+		if wins == 2 {
+			t.Logf("round %d: the two retries did not overlap; both were taken, one after the other", round)
 		}
 		Eventually(t, 20*time.Second, "the gate waiting", func() bool { return readRollout(t, f.gws[0]).Rollout.State == "waiting_approval" })
 		f.waitAll(t, 10*time.Second, "the rollout seen at 10%", func(s SwitchState) bool { return s.Weight == 10 })

@@ -167,7 +167,9 @@ func TestCPUBench(t *testing.T) {
 		// sends its cookies to a plain Caddy too, and parsing, cloning and
 		// forwarding the header is Caddy's cost, not ours. What switchback
 		// adds is reading and verifying it.
-		runPlain := func() { plain = append(plain, runCPU(t, plainCmd.Process.Pid, "http://"+plainAddr+"/", duration, cookie)) }
+		runPlain := func() {
+			plain = append(plain, runCPU(t, plainCmd.Process.Pid, "http://"+plainAddr+"/", duration, cookie))
+		}
 		runSwitch := func() { sw = append(sw, runCPU(t, switchCmd.Process.Pid, "http://"+switchAddr+"/", duration, cookie)) }
 		if p%2 == 0 {
 			runPlain()
