@@ -8,9 +8,25 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 )
+
+// envCount reads a positive count from the environment variable name,
+// def when it is unset; anything else fails the benchmark.
+func envCount(t *testing.T, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive number", name, s)
+	}
+	return n
+}
 
 // buildSwitchback builds cmd/switchback (a copy of the tests package's
 // Binary, which this package does not import).

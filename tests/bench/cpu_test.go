@@ -101,14 +101,7 @@ func TestCPUBench(t *testing.T) {
 	if duration == "" {
 		duration = "5s"
 	}
-	pairs := 9
-	if s := os.Getenv("SWITCHBACK_BENCH_PAIRS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("SWITCHBACK_BENCH_PAIRS=%q: want a positive number", s)
-		}
-		pairs = n
-	}
+	pairs := envCount(t, "SWITCHBACK_BENCH_PAIRS", 9)
 	bin := buildSwitchback(t)
 
 	// This process (the upstream) on the load core, every thread of it.

@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -257,13 +256,7 @@ func TestFailoverBench(t *testing.T) {
 	if os.Getenv("SWITCHBACK_BENCH") == "" {
 		t.Skip("set SWITCHBACK_BENCH=1 to run the failover benchmark")
 	}
-	rate := 400
-	if s := os.Getenv("SWITCHBACK_BENCH_RATE"); s != "" {
-		var err error
-		if rate, err = strconv.Atoi(s); err != nil || rate < 1 {
-			t.Fatalf("SWITCHBACK_BENCH_RATE=%q: want a positive number", s)
-		}
-	}
+	rate := envCount(t, "SWITCHBACK_BENCH_RATE", 400)
 	bin := buildSwitchback(t)
 	haproxy, _ := exec.LookPath("haproxy")
 	if haproxy == "" {

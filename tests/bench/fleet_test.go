@@ -18,7 +18,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,14 +63,7 @@ func TestFleetBench(t *testing.T) {
 	if os.Getenv("SWITCHBACK_BENCH") == "" {
 		t.Skip("set SWITCHBACK_BENCH=1 to run the fleet benchmark")
 	}
-	trials := 100
-	if v := os.Getenv("SWITCHBACK_BENCH_TRIALS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("SWITCHBACK_BENCH_TRIALS=%q: want a positive number", v)
-		}
-		trials = n
-	}
+	trials := envCount(t, "SWITCHBACK_BENCH_TRIALS", 100)
 	agent := consultest.Start(t)
 	bin := buildSwitchback(t)
 	// Consolidated answers 200, or 500 while failing is set.

@@ -101,14 +101,7 @@ func TestRolloutBench(t *testing.T) {
 	if os.Getenv("SWITCHBACK_BENCH") == "" {
 		t.Skip("set SWITCHBACK_BENCH=1 to run the rollout benchmark")
 	}
-	trials := 5
-	if v := os.Getenv("SWITCHBACK_BENCH_TRIALS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("SWITCHBACK_BENCH_TRIALS=%q: want a positive number", v)
-		}
-		trials = n
-	}
+	trials := envCount(t, "SWITCHBACK_BENCH_TRIALS", 5)
 	agent := consultest.Start(t)
 	bin := buildSwitchback(t)
 	var failing atomic.Bool
