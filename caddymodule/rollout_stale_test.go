@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,20 @@ import (
 
 	"github.com/leanvibe/switchback/state"
 )
+
+// advancedOnOne starts a rollout of cfg on two gateways and lets gw-a
+// advance it to its second step, which gw-b, not following the store
+// since, has not seen.
+func advancedOnOne(t *testing.T, cfg *Rollout) (a, b *Handler) {
+	t.Helper()
+	a, b, _ = startedRolloutPair(t, cfg)
+	var clock stateClock
+	a.evaluateRollout(context.Background(), &clock, time.Now(), 1e12)
+	if got := follow(t, a); got.Rollout.Step != 1 {
+		t.Fatalf("gw-a did not advance: step %d", got.Rollout.Step)
+	}
+	return a, b
+}
 
 // TestRolloutActionOnStaleView: an operator's action reaches a gateway
 // that has not yet seen the step another gateway just entered (its watch
@@ -23,23 +36,7 @@ func TestRolloutActionOnStaleView(t *testing.T) {
 	ctx := context.Background()
 	cfg := &Rollout{Steps: []state.Weight{100, 5000, 10000}, Hold: caddy.Duration(time.Minute), MinRequests: -1}
 	for _, action := range []string{"pause", "abort", "promote", "retry"} {
-		path := filepath.Join(t.TempDir(), "state.db")
-		a := rolloutGateway(t, path, "gw-a", cfg)
-		b := rolloutGateway(t, path, "gw-b", cfg)
-		t0 := time.Now().UTC().Add(-time.Hour).Round(0)
-		rec := state.Switch{Name: "main", Mode: state.ModeSplit, Since: t0}
-		rec.Rollout = cfg.plan()
-		if _, err := rolloutControl(&rec, rolloutRequest{Action: "start"}, cfg.plan(), "test", "gw-a", t0); err != nil {
-			t.Fatal(err)
-		}
-		putSwitch(t, a.app.store, rec)
-		follow(t, a)
-		follow(t, b)
-		var clock stateClock
-		a.evaluateRollout(ctx, &clock, time.Now(), 1e12)
-		if got := follow(t, a); got.Rollout.Step != 1 {
-			t.Fatalf("gw-a did not advance: step %d", got.Rollout.Step)
-		}
+		a, b := advancedOnOne(t, cfg)
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodPost, "/switchback/switches/main/rollout", strings.NewReader(`{"action": "`+action+`", "reason": "stale"}`))
 		err := b.app.handleRollout(w, r, "main")
@@ -69,23 +66,7 @@ func TestRolloutActionOnStaleView(t *testing.T) {
 func TestWeightChangeOnStaleView(t *testing.T) {
 	ctx := context.Background()
 	cfg := &Rollout{Steps: []state.Weight{100, 5000, 10000}, Hold: caddy.Duration(time.Minute), MinRequests: -1}
-	path := filepath.Join(t.TempDir(), "state.db")
-	a := rolloutGateway(t, path, "gw-a", cfg)
-	b := rolloutGateway(t, path, "gw-b", cfg)
-	t0 := time.Now().UTC().Add(-time.Hour).Round(0)
-	rec := state.Switch{Name: "main", Mode: state.ModeSplit, Since: t0}
-	rec.Rollout = cfg.plan()
-	if _, err := rolloutControl(&rec, rolloutRequest{Action: "start"}, cfg.plan(), "test", "gw-a", t0); err != nil {
-		t.Fatal(err)
-	}
-	putSwitch(t, a.app.store, rec)
-	follow(t, a)
-	follow(t, b)
-	var clock stateClock
-	a.evaluateRollout(ctx, &clock, time.Now(), 1e12)
-	if got := follow(t, a); got.Rollout.Step != 1 {
-		t.Fatalf("gw-a did not advance: step %d", got.Rollout.Step)
-	}
+	a, b := advancedOnOne(t, cfg)
 	if _, err := b.sw.change(ctx, b.app, func(cur *state.Switch) bool {
 		cur.Weight, cur.By, cur.Since = 3000, "admin", later(cur.Since)
 		return true

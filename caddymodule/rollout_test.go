@@ -45,17 +45,14 @@ func follow(t *testing.T, h *Handler) state.Switch {
 	return rec
 }
 
-// TestRolloutEngine drives the engine's state machine with injected time:
-// the hold, min_requests and a hook gate each hold a step and say so; two
-// gateways judging the same step at once advance it exactly once; the
-// last step completes; a weight moved by hand pauses the rollout.
-func TestRolloutEngine(t *testing.T) {
-	ctx := context.Background()
+// startedRolloutPair starts two gateways, gw-a and gw-b, on one bbolt
+// store, with a rollout of cfg started an hour ago (at t0) and seen by both.
+func startedRolloutPair(t *testing.T, cfg *Rollout) (a, b *Handler, t0 time.Time) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "state.db")
-	cfg := &Rollout{Steps: []state.Weight{100, 5000, 10000}, Hold: 60 * 1e9, MinRequests: 5}
-	a := rolloutGateway(t, path, "gw-a", cfg)
-	b := rolloutGateway(t, path, "gw-b", cfg)
-	t0 := time.Now().UTC().Add(-time.Hour).Round(0)
+	a = rolloutGateway(t, path, "gw-a", cfg)
+	b = rolloutGateway(t, path, "gw-b", cfg)
+	t0 = time.Now().UTC().Add(-time.Hour).Round(0)
 	rec := state.Switch{Name: "main", Mode: state.ModeSplit, Since: t0}
 	rec.Rollout = cfg.plan()
 	if _, err := rolloutControl(&rec, rolloutRequest{Action: "start"}, cfg.plan(), "test", "gw-a", t0); err != nil {
@@ -64,6 +61,17 @@ func TestRolloutEngine(t *testing.T) {
 	putSwitch(t, a.app.store, rec)
 	follow(t, a)
 	follow(t, b)
+	return a, b, t0
+}
+
+// TestRolloutEngine drives the engine's state machine with injected time:
+// the hold, min_requests and a hook gate each hold a step and say so; two
+// gateways judging the same step at once advance it exactly once; the
+// last step completes; a weight moved by hand pauses the rollout.
+func TestRolloutEngine(t *testing.T) {
+	ctx := context.Background()
+	cfg := &Rollout{Steps: []state.Weight{100, 5000, 10000}, Hold: 60 * 1e9, MinRequests: 5}
+	a, b, t0 := startedRolloutPair(t, cfg)
 	if a.sw.view.Load().weight != 100 || a.sw.step.Load() == nil {
 		t.Fatalf("started rollout: weight %v, tally %v", a.sw.view.Load().weight, a.sw.step.Load())
 	}
