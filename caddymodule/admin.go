@@ -390,17 +390,27 @@ func parseWeight(raw json.RawMessage) (state.Weight, error) {
 	return w, nil
 }
 
-// POST /switchback/switches/{name}/{mode|weight|reset}
-func (a *App) handleSwitchAction(w http.ResponseWriter, r *http.Request, name, action string) error {
+// postToSwitch checks that r is a POST to the switch name and decodes its
+// body into req: what every switch action's route does first.
+func (a *App) postToSwitch(r *http.Request, name string, req any) (*Switch, error) {
 	if err := method(r, http.MethodPost); err != nil {
-		return err
+		return nil, err
 	}
 	sw, err := a.lookup(name)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	if err := decodeBody(r, req); err != nil {
+		return nil, err
+	}
+	return sw, nil
+}
+
+// POST /switchback/switches/{name}/{mode|weight|reset}
+func (a *App) handleSwitchAction(w http.ResponseWriter, r *http.Request, name, action string) error {
 	var req changeRequest
-	if err := decodeBody(r, &req); err != nil {
+	sw, err := a.postToSwitch(r, name, &req)
+	if err != nil {
 		return err
 	}
 	fn, err := switchChange(action, req, who(r, req.By), a.gateway, time.Now().UTC())

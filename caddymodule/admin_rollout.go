@@ -119,15 +119,9 @@ func rolloutControl(cur *state.Switch, req rolloutRequest, plan *state.Rollout, 
 
 // POST /switchback/switches/{name}/rollout
 func (a *App) handleRollout(w http.ResponseWriter, r *http.Request, name string) error {
-	if err := method(r, http.MethodPost); err != nil {
-		return err
-	}
-	sw, err := a.lookup(name)
-	if err != nil {
-		return err
-	}
 	var req rolloutRequest
-	if err := decodeBody(r, &req); err != nil {
+	sw, err := a.postToSwitch(r, name, &req)
+	if err != nil {
 		return err
 	}
 	if req.Action == "" {

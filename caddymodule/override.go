@@ -475,14 +475,8 @@ func (a *App) signOverrideFor(ctx context.Context, name string, req OverrideSign
 
 // POST /switchback/switches/{name}/override/sign
 func (a *App) handleOverrideSign(w http.ResponseWriter, r *http.Request, name string) error {
-	if err := method(r, http.MethodPost); err != nil {
-		return err
-	}
-	if _, err := a.lookup(name); err != nil {
-		return err
-	}
 	var req OverrideSignRequest
-	if err := decodeBody(r, &req); err != nil {
+	if _, err := a.postToSwitch(r, name, &req); err != nil {
 		return err
 	}
 	if _, err := req.check(); err != nil {
