@@ -623,7 +623,7 @@ func (h *Handler) rules() compiledRules {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if h.ovr != nil {
-		if arm, ok := h.ovr.arm(r, time.Now()); ok {
+		if arm, ok := h.ovr.arm(r); ok {
 			return h.serveOverride(arm, w, r, next, repl)
 		}
 	}

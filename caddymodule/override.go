@@ -218,12 +218,12 @@ func (ov *overrider) value(r *http.Request) (string, bool) {
 // one that holds. A request without the header or cookie costs a map
 // lookup and allocates nothing. One that has it but does not hold is
 // counted by reason and goes by the normal pick.
-func (ov *overrider) arm(r *http.Request, now time.Time) (string, bool) {
+func (ov *overrider) arm(r *http.Request) (string, bool) {
 	val, ok := ov.value(r)
 	if !ok {
 		return "", false
 	}
-	arm, reason := ov.judge(r, val, now)
+	arm, reason := ov.judge(r, val, time.Now())
 	if reason != "" {
 		ov.ignored[reason].Inc()
 		return "", false
