@@ -3,6 +3,7 @@ package restore
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
 	"reflect"
 	"testing"
@@ -55,13 +56,23 @@ func sameEntries(t *testing.T, m *Manager, a, b Point) bool {
 // as root), where it fails.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
+	if os.Geteuid() != 0 {
+		needsPrivilege(t, "chown, trusted.* and security.* xattrs", errors.New("not root"))
+	}
+}
+
+// needsPrivilege ends a test whose privileged step (what) failed with err:
+// under CI=true, which runs as root, it fails; elsewhere it skips. A nil
+// err lets the test go on.
+func needsPrivilege(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
 		return
 	}
 	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI runs as root")
+		t.Fatalf("%s failed, and CI runs as root: %v", what, err)
 	}
-	t.Skip("needs root (chown, trusted.* and security.* xattrs)")
+	t.Skipf("needs root for %s: %v", what, err)
 }
 
 func sha256sum(b []byte) string {

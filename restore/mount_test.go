@@ -23,12 +23,7 @@ func mountTmpfs(t *testing.T, dir, size string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mounting a tmpfs at %s (CI runs as root): %v", dir, err)
-		}
-		t.Skipf("needs root to mount a tmpfs: %v", err)
-	}
+	needsPrivilege(t, "mounting a tmpfs at "+dir, unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size))
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 }
 
@@ -88,12 +83,7 @@ func mountAt(t *testing.T, kind, dir, mnt string) {
 		src := filepath.Join(dir, ".volume-"+filepath.Base(mnt))
 		os.MkdirAll(src, 0o755)
 		os.MkdirAll(mnt, 0o755)
-		if err := unix.Mount(src, mnt, "", unix.MS_BIND, ""); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("bind mount (CI runs as root): %v", err)
-			}
-			t.Skipf("needs root to bind mount: %v", err)
-		}
+		needsPrivilege(t, "a bind mount", unix.Mount(src, mnt, "", unix.MS_BIND, ""))
 		t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	default:
 		t.Fatalf("mount kind %q", kind)
