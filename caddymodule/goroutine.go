@@ -26,6 +26,7 @@ const (
 	taskRecovery     = "restore_recovery"
 	taskShadow       = "shadow"
 	taskRollout      = "rollout"
+	taskStats        = "stats"
 	taskOverrideKey  = "override_key"
 )
 
@@ -37,7 +38,8 @@ const (
 var goroutinePanics = func() *metrics.Set {
 	s := metrics.NewSet()
 	for _, task := range []string{taskProbe, taskMonitor, taskLegacyWatch, taskAutoRecover, taskTrip, taskActions,
-		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout, taskShadow} {
+		taskStoreSync, taskPendingWrite, taskCacheWriter, taskSecret, taskRecovery, taskRollout, taskShadow,
+		taskStats, taskOverrideKey} {
 		s.GetOrCreateCounter(panicSeries(task))
 	}
 	return s

@@ -403,6 +403,7 @@ func (h *Handler) commit() {
 		goLoop(h.ctx, h.logger, taskRollout, h.rolloutLoop)
 	} else {
 		h.pauseOrphanRollout(h.ctx)
+		goLoop(h.ctx, h.logger, taskStats, h.statsLoop)
 	}
 }
 

@@ -360,6 +360,36 @@ type rolloutView struct {
 	evidence *state.Evidence
 }
 
+// statsLoop publishes this gateway's counters of a switch that has no
+// rollout block, every statsEvery, for the config's lifetime: the fleet's
+// evidence of every switch is in the store, rollout or not.
+func (h *Handler) statsLoop(ctx context.Context) {
+	tick := time.NewTicker(statsEvery)
+	defer tick.Stop()
+	var publishErr string
+	for {
+		h.publishStatsLogged(ctx, &publishErr)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// publishStatsLogged publishes this gateway's stats and logs a failure
+// once, until it changes; last holds the failure logged.
+func (h *Handler) publishStatsLogged(ctx context.Context, last *string) {
+	err := h.publishStats(ctx)
+	switch {
+	case err != nil && err.Error() != *last && ctx.Err() == nil:
+		h.logger.Warn("stats not published; the fleet's evidence lacks this gateway", zap.Error(err))
+		*last = err.Error()
+	case err == nil:
+		*last = ""
+	}
+}
+
 // rolloutLoop is a switch's rollout engine, on every gateway of the
 // fleet, for the config's lifetime. It publishes this gateway's counters
 // and, while the rollout runs, judges the current step on the fleet's.
@@ -376,14 +406,7 @@ func (h *Handler) rolloutLoop(ctx context.Context) {
 		}
 		if time.Since(published) >= statsEvery {
 			published = time.Now()
-			err := h.publishStats(ctx)
-			switch {
-			case err != nil && err.Error() != publishErr && ctx.Err() == nil:
-				h.logger.Warn("stats not published; the fleet's rollout evidence lacks this gateway", zap.Error(err))
-				publishErr = err.Error()
-			case err == nil:
-				publishErr = ""
-			}
+			h.publishStatsLogged(ctx, &publishErr)
 		}
 		// A hold that ends before the next tick is judged when it ends.
 		wait := rolloutEvery

@@ -312,3 +312,18 @@ func TestRolloutPlanChange(t *testing.T) {
 		t.Fatalf("after retry: steps %v, plan_changed %v, weight %v, step %d", got.Rollout.Steps, got.Rollout.PlanChanged, got.Weight, got.Rollout.Step)
 	}
 }
+
+// TestStatsWithoutRollout: a switch with no rollout block still publishes
+// this gateway's counters, so the store holds the fleet's evidence of
+// every switch.
+func TestStatsWithoutRollout(t *testing.T) {
+	h := rolloutGateway(t, filepath.Join(t.TempDir(), "state.db"), "gw-a", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); h.statsLoop(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "gw-a's stats in the store", func() bool {
+		got, err := h.app.store.ListStats(context.Background(), "main")
+		return err == nil && got["gw-a"] != nil
+	})
+}
